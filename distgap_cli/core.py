@@ -1,0 +1,267 @@
+"""The distance-gap core: pairwise distances, hardest pairs, per-batch summaries.
+
+Every function works on a stack of batches so that one call can cover several
+batches: labels ``[K, B]``, embeddings ``[K, B, d]`` and a boolean ``mask`` ``[K, B]``
+marking the rows that take part (padding rows, and rows with sample weight 0, are
+masked out as anchors and as candidates). A single batch is a stack of one.
+
+The Keras metrics, the command line and the accumulators all call these
+functions; nothing else in distgap computes a distance.
+
+Accuracy. Distances with a Gram form (cosine, euclidean, squared euclidean, snr)
+are first computed through matrix products, which are fast but cancel badly for
+near-duplicate rows far from the origin. Two guards keep them right: the rows are
+centred on the batch mean where the distance allows it (translation changes
+nothing for euclidean and snr), and the four pairs each anchor keeps (hardest and
+easiest positive and negative) are recomputed from direct differences. Squared
+values are clamped at zero, so no NaN or negative distance can come out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from distgap_cli.backend import tensorflow
+from distgap_cli.distances import Distance
+
+tf = tensorflow()
+
+# Elements (not bytes) of the largest broadcast temporary manhattan builds.
+_TILE_ELEMENTS = 1 << 23
+
+
+class AnchorStats(NamedTuple):
+    """Per-anchor results, each ``[K, B]``; NaN where the anchor has no such pair."""
+
+    hardest_pos: Any
+    hardest_neg: Any
+    easiest_pos: Any
+    easiest_neg: Any
+    mean_pos: Any
+    mean_neg: Any
+    has_pos: Any
+    has_neg: Any
+    hardest_pos_index: Any
+    hardest_neg_index: Any
+
+
+class BatchStats(NamedTuple):
+    """Per-batch summaries, each ``[K]``.
+
+    ``max_pos``, ``min_neg``, ``gap`` and ``margin`` are NaN in a batch without a
+    positive pair (``has_pos_pair`` false) or without a negative pair. Sums are
+    float64 over the anchors that have a positive / a negative.
+    """
+
+    max_pos: Any
+    min_neg: Any
+    gap: Any
+    margin: Any
+    has_pos_pair: Any
+    has_neg_pair: Any
+    anchors: Any
+    anchors_with_pos: Any
+    anchors_with_neg: Any
+    anchors_with_both: Any
+    violations: Any
+    sum_hardest_pos: Any
+    sum_hardest_neg: Any
+
+
+def _masked_mean(x: Any, mask: Any) -> Any:
+    """Mean over the rows of each batch that ``mask`` keeps, ``[K, 1, d]``."""
+    weights = tf.cast(mask, x.dtype)[..., None]
+    count = tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
+    return tf.reduce_sum(x * weights, axis=1, keepdims=True) / count
+
+
+def _squared_distances(z: Any) -> Any:
+    """``|z_i - z_j|^2`` through the Gram matrix, clamped at zero."""
+    sq = tf.reduce_sum(z * z, axis=-1)
+    gram = tf.linalg.matmul(z, z, transpose_b=True)
+    return tf.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
+
+
+def _manhattan(x: Any) -> Any:
+    """Sum of absolute differences, tiled over anchors to bound memory."""
+    shape = tf.shape(x)
+    k, b, d = shape[0], shape[1], shape[2]
+    per_anchor = tf.maximum(k * b * d, 1)
+    rows = tf.maximum(_TILE_ELEMENTS // per_anchor, 1)
+    tiles = (b + rows - 1) // rows
+    padded = tf.pad(x, [[0, 0], [0, tiles * rows - b], [0, 0]])
+    anchors = tf.transpose(tf.reshape(padded, [k, tiles, rows, d]), [1, 0, 2, 3])
+
+    def one_tile(tile: Any) -> Any:
+        diff = tf.abs(tile[:, :, None, :] - x[:, None, :, :])
+        return tf.reduce_sum(diff, axis=-1)
+
+    out = tf.map_fn(
+        one_tile,
+        anchors,
+        fn_output_signature=tf.TensorSpec([None, None, None], x.dtype),
+        parallel_iterations=1,
+    )
+    out = tf.reshape(tf.transpose(out, [1, 0, 2, 3]), [k, tiles * rows, b])
+    return out[:, :b, :]
+
+
+def _prepared(distance: Distance, x: Any, mask: Any) -> tuple[Any, Any]:
+    """The rows the matrix form and the direct recomputation work on."""
+    if distance is Distance.COSINE:
+        unit = tf.math.l2_normalize(x, axis=-1)
+        return unit, unit
+    if distance in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN):
+        return x - _masked_mean(x, mask), x
+    if distance is Distance.SNR:
+        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        return centred, x
+    return x, x
+
+
+def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
+    """The ``[K, B, B]`` distance matrix of each batch (row i is the anchor)."""
+    z, _ = _prepared(distance, x, mask)
+    if distance is Distance.COSINE:
+        gram = tf.linalg.matmul(z, z, transpose_b=True)
+        return tf.clip_by_value(1.0 - gram, 0.0, 2.0)
+    if distance is Distance.EUCLIDEAN:
+        return tf.sqrt(_squared_distances(z))
+    if distance is Distance.SQUARED_EUCLIDEAN:
+        return _squared_distances(z)
+    if distance is Distance.MANHATTAN:
+        return _manhattan(x)
+    if distance is Distance.INNER_PRODUCT:
+        return tf.linalg.matmul(x, x, transpose_b=True)
+    # snr: var(e_i - e_j) / var(e_i) = |c_i - c_j|^2 / |c_i|^2 for centred rows c;
+    # the numerator is translation invariant, so centre c on the batch too.
+    numerator = _squared_distances(z - _masked_mean(z, mask))
+    signal = tf.reduce_sum(z * z, axis=-1)
+    return numerator / signal[:, :, None]
+
+
+def _direct(distance: Distance, anchors: Any, partners: Any) -> Any:
+    """Distances between ``anchors`` ``[K, B, 1, d]`` and ``partners`` ``[K, B, m, d]``."""
+    diff = anchors - partners
+    if distance is Distance.COSINE:
+        return tf.minimum(0.5 * tf.reduce_sum(diff * diff, axis=-1), 2.0)
+    if distance is Distance.EUCLIDEAN:
+        return tf.sqrt(tf.reduce_sum(diff * diff, axis=-1))
+    if distance is Distance.SQUARED_EUCLIDEAN:
+        return tf.reduce_sum(diff * diff, axis=-1)
+    # snr
+    noise = tf.math.reduce_variance(diff, axis=-1)
+    return noise / tf.math.reduce_variance(anchors, axis=-1)
+
+
+def _needs_refinement(distance: Distance) -> bool:
+    return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
+
+
+def anchor_stats(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorStats:
+    """Hardest and easiest positive and negative of every anchor.
+
+    Args:
+        distance: which distance.
+        labels: ``[K, B]`` integer labels.
+        x: ``[K, B, d]`` float embeddings (float16 is computed in float32).
+        mask: ``[K, B]`` booleans, true for rows that take part.
+
+    Returns:
+        An :class:`AnchorStats` of ``[K, B]`` tensors.
+    """
+    if x.dtype in (tf.float16, tf.bfloat16):
+        x = tf.cast(x, tf.float32)
+    matrix = pairwise(distance, x, mask)
+
+    # Masks: a pair needs both rows present; a positive pair needs two rows.
+    b = tf.shape(labels)[1]
+    present = mask[:, :, None] & mask[:, None, :]
+    same = tf.equal(labels[:, :, None], labels[:, None, :])
+    not_self = ~tf.eye(b, dtype=tf.bool)[None]
+    pos = same & not_self & present
+    neg = ~same & present
+
+    # Extremes and means over each anchor's positives and negatives.
+    inf = tf.constant(float("inf"), matrix.dtype)
+    hp_idx = tf.argmax(tf.where(pos, matrix, -inf), axis=-1, output_type=tf.int32)
+    ep_idx = tf.argmin(tf.where(pos, matrix, inf), axis=-1, output_type=tf.int32)
+    hn_idx = tf.argmin(tf.where(neg, matrix, inf), axis=-1, output_type=tf.int32)
+    en_idx = tf.argmax(tf.where(neg, matrix, -inf), axis=-1, output_type=tf.int32)
+    picks = tf.stack([hp_idx, ep_idx, hn_idx, en_idx], axis=-1)
+    if _needs_refinement(distance):
+        _, rows = _prepared(distance, x, mask)
+        partners = tf.gather(rows, picks, batch_dims=1)
+        values = _direct(distance, rows[:, :, None, :], partners)
+    else:
+        values = tf.gather(matrix, picks, batch_dims=2)
+    n_pos = tf.reduce_sum(tf.cast(pos, matrix.dtype), axis=-1)
+    n_neg = tf.reduce_sum(tf.cast(neg, matrix.dtype), axis=-1)
+    sum_pos = tf.reduce_sum(tf.where(pos, matrix, 0.0), axis=-1)
+    sum_neg = tf.reduce_sum(tf.where(neg, matrix, 0.0), axis=-1)
+
+    # Anchors without a positive (or negative) get NaN, never a fallback number.
+    has_pos = n_pos > 0
+    has_neg = n_neg > 0
+    nan = tf.constant(float("nan"), matrix.dtype)
+    return AnchorStats(
+        hardest_pos=tf.where(has_pos, values[..., 0], nan),
+        hardest_neg=tf.where(has_neg, values[..., 2], nan),
+        easiest_pos=tf.where(has_pos, values[..., 1], nan),
+        easiest_neg=tf.where(has_neg, values[..., 3], nan),
+        mean_pos=tf.where(has_pos, sum_pos / tf.maximum(n_pos, 1.0), nan),
+        mean_neg=tf.where(has_neg, sum_neg / tf.maximum(n_neg, 1.0), nan),
+        has_pos=has_pos,
+        has_neg=has_neg,
+        hardest_pos_index=tf.where(has_pos, hp_idx, -1),
+        hardest_neg_index=tf.where(has_neg, hn_idx, -1),
+    )
+
+
+def batch_stats(anchors: AnchorStats, mask: Any) -> BatchStats:
+    """Summarise each batch: max_pos, min_neg, gap, margin and anchor counts."""
+    hp, hn = anchors.hardest_pos, anchors.hardest_neg
+    inf = tf.constant(float("inf"), hp.dtype)
+    nan = tf.constant(float("nan"), hp.dtype)
+    has_pos_pair = tf.reduce_any(anchors.has_pos, axis=-1)
+    has_neg_pair = tf.reduce_any(anchors.has_neg, axis=-1)
+    usable = has_pos_pair & has_neg_pair
+
+    max_pos = tf.reduce_max(tf.where(anchors.has_pos, hp, -inf), axis=-1)
+    min_neg = tf.reduce_min(tf.where(anchors.has_neg, hn, inf), axis=-1)
+    margin = tf.where(usable, min_neg - max_pos, nan)
+    both = anchors.has_pos & anchors.has_neg
+
+    def count(flags: Any) -> Any:
+        return tf.reduce_sum(tf.cast(flags, tf.int64), axis=-1)
+
+    def total(values: Any, flags: Any) -> Any:
+        wide = tf.cast(tf.where(flags, values, 0.0), tf.float64)
+        return tf.reduce_sum(wide, axis=-1)
+
+    return BatchStats(
+        max_pos=tf.where(has_pos_pair, max_pos, nan),
+        min_neg=tf.where(has_neg_pair, min_neg, nan),
+        gap=tf.abs(margin),
+        margin=margin,
+        has_pos_pair=has_pos_pair,
+        has_neg_pair=has_neg_pair,
+        anchors=count(mask),
+        anchors_with_pos=count(anchors.has_pos),
+        anchors_with_neg=count(anchors.has_neg),
+        anchors_with_both=count(both),
+        violations=count(both & (hn < hp)),
+        sum_hardest_pos=total(hp, anchors.has_pos),
+        sum_hardest_neg=total(hn, anchors.has_neg),
+    )
+
+
+def invalid_rows(distance: Distance, x: Any, mask: Any) -> Any:
+    """``[K, B]`` booleans: rows the distance is undefined for (zero vector, zero
+    variance) or that hold a non-finite value."""
+    bad = ~tf.reduce_all(tf.math.is_finite(x), axis=-1)
+    if distance.needs_direction:
+        bad |= tf.reduce_all(tf.equal(x, 0.0), axis=-1)
+    if distance.needs_variance:
+        bad |= tf.equal(tf.reduce_max(x, -1), tf.reduce_min(x, -1))
+    return bad & mask

@@ -1,0 +1,197 @@
+"""``distgap eval`` in batch mode: read, batch, run the core, accumulate.
+
+Batches are stacked ``stack`` at a time into one call of a compiled TensorFlow
+function with a fixed signature (the last stack is padded with masked rows), so the
+function is traced once per run and the per-call overhead is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distgap_cli import batching
+from distgap_cli.accumulate import GapAccumulator
+from distgap_cli.distances import Distance
+from distgap_cli.errors import NoResultError
+from distgap_cli.reading import Reader
+
+# Rows per compiled call; small batches are stacked up to about this many.
+_ROWS_PER_CALL = 4096
+
+
+@dataclass
+class EvalSettings:
+    """How a batch-mode evaluation runs."""
+
+    distances: list[Distance]
+    batch_size: int = 256
+    shuffle: bool = False
+    seed: int = 0
+    device: str = "/CPU:0"
+
+
+@dataclass
+class EvalResult:
+    """Everything a report needs, as plain data."""
+
+    settings: EvalSettings
+    accumulators: dict[Distance, GapAccumulator]
+    classes: int
+    dimension: int
+    device: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def stack_size(batch_size: int) -> int:
+    """How many batches one compiled call takes."""
+    return max(1, _ROWS_PER_CALL // batch_size)
+
+
+class BatchEvaluator:
+    """A compiled function from a stack of batches to per-batch statistics."""
+
+    def __init__(self, distances: list[Distance], device: str) -> None:
+        from distgap_cli import core
+        from distgap_cli.backend import resolve_device
+
+        self.distances = distances
+        self.device = resolve_device(device)
+        tf = core.tf
+
+        def evaluate(labels: Any, x: Any, mask: Any) -> dict[str, Any]:
+            out = {}
+            for distance in distances:
+                anchors = core.anchor_stats(distance, labels, x, mask)
+                out[distance.value] = core.batch_stats(anchors, mask)._asdict()
+            return out
+
+        self._fn = tf.function(evaluate, reduce_retracing=True)
+        self._tf = tf
+
+    def __call__(
+        self, labels: np.ndarray, x: np.ndarray, mask: np.ndarray
+    ) -> dict[Distance, dict[str, np.ndarray]]:
+        """Per-batch statistics of a ``[K, B]`` / ``[K, B, d]`` stack."""
+        with self._tf.device(self.device):
+            out = self._fn(labels, x, mask)
+        return {
+            d: {k: v.numpy() for k, v in out[d.value].items()} for d in self.distances
+        }
+
+
+def _stacks(
+    batches: Iterator[batching.Batch], batch_size: int, dim: int, k: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Group batches into padded ``[k, batch_size]`` stacks; yields the real count."""
+    labels = np.zeros((k, batch_size), np.int64)
+    x = np.zeros((k, batch_size, dim), np.float32)
+    mask = np.zeros((k, batch_size), bool)
+    filled = 0
+    for batch in batches:
+        n = len(batch.labels)
+        labels[filled, :n] = batch.labels
+        x[filled, :n] = batch.embeddings
+        mask[filled, :n] = True
+        mask[filled, n:] = False
+        filled += 1
+        if filled == k:
+            yield labels, x, mask, filled
+            filled = 0
+    if filled:
+        mask[filled:] = False
+        yield labels, x, mask, filled
+
+
+def evaluate(
+    reader: Reader,
+    settings: EvalSettings,
+    on_rows: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Run a batch-mode evaluation over everything ``reader`` yields.
+
+    Raises:
+        InputError: from the reader, for bad input.
+        NoResultError: when no batch had both a positive and a negative pair.
+    """
+    classes: set[int] = set()
+
+    def tracked(blocks: Iterator[Any]) -> Iterator[Any]:
+        for block in blocks:
+            classes.update(np.unique(block.labels).tolist())
+            if on_rows is not None:
+                on_rows(len(block.labels))
+            yield block
+
+    blocks = tracked(reader.blocks())
+    spill = None
+    if settings.shuffle:
+        spill = batching.Spill(blocks)
+        batches = batching.shuffled(spill, settings.batch_size, settings.seed)
+    else:
+        batches = batching.sequential(blocks, settings.batch_size)
+
+    accumulators = {d: GapAccumulator() for d in settings.distances}
+    k = stack_size(settings.batch_size)
+    try:
+        first = next(batches, None)
+        if first is None:
+            raise NoResultError("the input holds no valid rows")
+        dim = first.embeddings.shape[1]
+        evaluator = BatchEvaluator(settings.distances, settings.device)
+        chained = _prepend(first, batches)
+        for labels, x, mask, real in _stacks(chained, settings.batch_size, dim, k):
+            stats = evaluator(labels, x, mask)
+            for distance, values in stats.items():
+                accumulators[distance].add_batches(
+                    {name: v[:real] for name, v in values.items()}
+                )
+    finally:
+        if spill is not None:
+            spill.close()
+
+    result = EvalResult(
+        settings=settings,
+        accumulators=accumulators,
+        classes=len(classes),
+        dimension=dim,
+        device=evaluator.device,
+    )
+    _check_batches(result)
+    return result
+
+
+def _prepend(first: batching.Batch, rest: Iterator[batching.Batch]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _check_batches(result: EvalResult) -> None:
+    """Fail when no batch had a gap; warn when many were skipped."""
+    acc = next(iter(result.accumulators.values()))
+    counts = acc.counts
+    total = counts["batches"]
+    no_pos = counts["skipped_no_positive_pair"]
+    no_neg = counts["skipped_no_negative_pair"]
+    if acc.used_batches == 0:
+        raise NoResultError(
+            f"none of the {total} batch(es) had both a positive pair and a negative "
+            f"pair ({no_pos} without a positive pair, {no_neg} without a negative "
+            "pair), so there is no gap to report; try --shuffle or a larger "
+            "--batch-size"
+        )
+    skipped = no_pos + no_neg
+    if skipped and skipped * 10 >= total:
+        hint = (
+            "the input looks sorted by label; try --shuffle"
+            if no_neg >= no_pos
+            else "most classes have too few rows per batch; try --shuffle or a "
+            "larger --batch-size"
+        )
+        result.warnings.append(
+            f"{skipped} of {total} batches were skipped ({no_neg} had a single "
+            f"class, {no_pos} had no two rows of one class): {hint}"
+        )

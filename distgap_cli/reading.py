@@ -1,0 +1,984 @@
+"""Streaming embeddings and labels out of Parquet, Arrow IPC, .npy and .npz inputs.
+
+Memory stays bounded: Parquet is read by record batch, Arrow IPC files through a
+memory map, ``.npy`` files through a read-only memory map (the user's file is never
+written), and list columns are converted through their flat values buffer and a
+reshape, honouring slice offsets. Every row keeps its global position (counted
+over all inputs in read order, invalid rows included) and its file, so that errors
+and per-row output can name them.
+
+Validation happens here, before any distance is computed: nulls, rows of the wrong
+length, NaN or infinite values, rows a chosen distance is undefined for, labels
+that are null or not whole numbers. Each problem either stops the run with an
+:class:`~distgap_cli.errors.InputError` naming file, row and column, or (with
+``on_invalid="skip"``) drops the row and its label together and is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from distgap_cli import sources as src
+from distgap_cli.errors import InputError, UsageError
+
+# Rows per block are chosen so that one block holds about this many values.
+_BLOCK_VALUES = 1 << 23
+
+LABEL_NAMES = ("label", "labels", "y", "class", "class_id", "target", "category")
+EMBEDDING_NAMES = ("embedding", "embeddings", "emb", "vector", "vectors", "features")
+NPZ_EMBEDDING_NAMES = ("embeddings", "embedding", "emb", "x", "X")
+NPZ_LABEL_NAMES = ("labels", "label", "y", "Y")
+
+_SKIP_HINT = "fix or drop the row, or pass --on-invalid skip to leave it out"
+
+
+@dataclass
+class ReadOptions:
+    """What to read and how strictly.
+
+    Attributes:
+        embedding_column: column (or .npz array) holding the embeddings.
+        label_column: column (or .npz array) holding the labels.
+        embedding_prefix: read the embeddings from scalar columns ``PREFIX0``,
+            ``PREFIX1``, ... instead of one list column.
+        labels: label ``.npy`` files, one per ``.npy`` embeddings file, in order.
+        on_invalid: ``"error"`` stops at the first invalid row; ``"skip"`` drops it.
+        need_direction: reject all-zero rows (cosine).
+        need_variance: reject rows with zero variance (snr).
+        limit: read only the first ``limit`` rows.
+    """
+
+    embedding_column: str | None = None
+    label_column: str | None = None
+    embedding_prefix: str | None = None
+    labels: list[str] = field(default_factory=list)
+    on_invalid: str = "error"
+    need_direction: bool = False
+    need_variance: bool = False
+    limit: int | None = None
+
+
+@dataclass
+class Block:
+    """Consecutive valid rows of one file."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    file: int
+
+
+class LabelMap:
+    """Labels compared by value: integers are their own ids, strings get ids in
+    order of first appearance (stable for the same input, whatever the shards'
+    dictionaries)."""
+
+    def __init__(self) -> None:
+        self.kind: str | None = None
+        self.ids: dict[str, int] = {}
+
+    def encode_strings(self, values: list[str]) -> np.ndarray:
+        """Ids for distinct string ``values``."""
+        out = np.empty(len(values), dtype=np.int64)
+        for i, value in enumerate(values):
+            out[i] = self.ids.setdefault(value, len(self.ids))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The mapping as the JSON report shows it."""
+        if self.kind == "string":
+            return {"kind": "string", "ids": dict(self.ids)}
+        return {"kind": self.kind or "integer", "ids": None}
+
+    def name(self, label_id: int) -> str:
+        """The label a user wrote for ``label_id``."""
+        if self.kind == "string":
+            for value, known in self.ids.items():
+                if known == label_id:
+                    return value
+        return str(label_id)
+
+
+@dataclass
+class _Check:
+    """One kind of invalid row found in a block."""
+
+    reason: str
+    mask: np.ndarray
+    describe: Callable[[int], tuple[str, str | None, str | None]]
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
+
+
+def _type_family(arrow_type: pa.DataType) -> str:
+    if pa.types.is_floating(arrow_type):
+        return "float"
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    return str(arrow_type)
+
+
+def _list_storage(column: pa.Array) -> pa.Array:
+    return column.storage if isinstance(column.type, pa.ExtensionType) else column
+
+
+def _is_vector_type(arrow_type: pa.DataType) -> bool:
+    if isinstance(arrow_type, pa.ExtensionType):
+        arrow_type = arrow_type.storage_type
+    return (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
+def _describe_columns(schema: pa.Schema, extra: dict[str, str]) -> str:
+    cols = [f"{f.name} ({f.type})" for f in schema]
+    cols += [f"{k} (partition folder)" for k in extra]
+    return ", ".join(cols) or "none"
+
+
+class Reader:
+    """Reads sources in order and yields validated :class:`Block` objects."""
+
+    def __init__(self, sources: list[src.Source], options: ReadOptions) -> None:
+        self.sources = sources
+        self.options = options
+        self.label_map = LabelMap()
+        self.dropped: Counter[str] = Counter()
+        self.rows_read = 0
+        self.dim: int | None = None
+        self._dim_origin: tuple[str, int] | None = None
+        self._first_types: tuple[str, str, str] | None = None
+        npy_count = sum(1 for s in sources if s.kind == src.NPY)
+        if options.labels and len(options.labels) != npy_count:
+            raise UsageError(
+                f"--labels was given {len(options.labels)} time(s) for {npy_count} "
+                ".npy embeddings file(s); give one labels file per embeddings file"
+            )
+
+    @property
+    def rows_kept(self) -> int:
+        """Rows read minus rows dropped."""
+        return self.rows_read - sum(self.dropped.values())
+
+    def blocks(self) -> Iterator[Block]:
+        """Every valid row of every source, in read order, in blocks."""
+        npy_index = 0
+        for index, source in enumerate(self.sources):
+            if self._limit_reached():
+                return
+            if source.kind == src.NPY:
+                labels = None
+                if self.options.labels:
+                    labels = self.options.labels[npy_index]
+                npy_index += 1
+                blocks = self._npy_blocks(index, source, labels)
+            elif source.kind == src.NPZ:
+                blocks = self._npz_blocks(index, source)
+            else:
+                blocks = self._arrow_blocks(index, source)
+            produced = False
+            for block in blocks:
+                produced = True
+                if len(block.labels):
+                    yield block
+            if not produced:
+                raise InputError(
+                    "file holds no rows", file=source.name, fix="re-export it"
+                )
+
+    def _limit_reached(self) -> bool:
+        limit = self.options.limit
+        return limit is not None and self.rows_read >= limit
+
+    def _take(self, n: int) -> int:
+        """How many of the next ``n`` rows the row limit lets through."""
+        if self.options.limit is None:
+            return n
+        return max(0, min(n, self.options.limit - self.rows_read))
+
+    # Arrow: Parquet, IPC files, IPC streams -------------------------------------
+
+    def _arrow_batches(self, source: src.Source) -> Iterator[pa.RecordBatch]:
+        name = source.name
+        try:
+            if source.kind == src.PARQUET:
+                parquet = pq.ParquetFile(source.path)
+                columns = self._columns_for(parquet.schema_arrow, source)
+                size = max(1024, _BLOCK_VALUES // max(self._guess_dim(parquet), 1))
+                wanted = [c for c in columns if c in parquet.schema_arrow.names]
+                yield from parquet.iter_batches(batch_size=size, columns=wanted)
+            elif source.kind == src.ARROW_FILE:
+                reader = pa.ipc.open_file(pa.memory_map(source.path))
+                self._columns_for(reader.schema, source)
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
+            else:
+                stream = source.stream or pa.memory_map(source.path)
+                yield from pa.ipc.open_stream(stream)
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"cannot be read as {source.kind} (truncated or corrupt?): {detail}",
+                file=name,
+                fix="re-export the file",
+            ) from None
+
+    def _guess_dim(self, parquet: pq.ParquetFile) -> int:
+        return self.dim or 1024
+
+    def _arrow_blocks(self, index: int, source: src.Source) -> Iterator[Block]:
+        columns: tuple[list[str], str] | None = None
+        for batch in self._arrow_batches(source):
+            if columns is None:
+                columns = self._resolve(batch.schema, source)
+            n = self._take(batch.num_rows)
+            if n == 0:
+                if self._limit_reached():
+                    return
+                continue
+            batch = batch.slice(0, n)
+            emb_cols, label_col = columns
+            row0 = self.rows_read
+            self.rows_read += n
+            yield self._arrow_block(index, source, batch, emb_cols, label_col, row0)
+            if self._limit_reached():
+                return
+        if columns is None:
+            # A file without record batches still has a schema worth checking.
+            return
+
+    def _columns_for(self, schema: pa.Schema, source: src.Source) -> list[str]:
+        emb_cols, label_col = self._resolve(schema, source)
+        return [*emb_cols, label_col]
+
+    def _resolve(self, schema: pa.Schema, source: src.Source) -> tuple[list[str], str]:
+        """Pick the embedding and label columns of one file, and check them
+        against the first file."""
+        opts = self.options
+        names = schema.names
+        listing = _describe_columns(schema, source.partition)
+
+        # Embedding column(s).
+        if opts.embedding_prefix is not None:
+            prefixed = [
+                n
+                for n in names
+                if n.startswith(opts.embedding_prefix)
+                and n[len(opts.embedding_prefix) :].isdigit()
+            ]
+            if not prefixed:
+                raise InputError(
+                    f"no columns named {opts.embedding_prefix}0, "
+                    f"{opts.embedding_prefix}1, ...; columns are: {listing}",
+                    file=source.name,
+                    fix="check --embedding-prefix",
+                )
+            emb_cols = sorted(
+                prefixed, key=lambda n: int(n[len(opts.embedding_prefix or "") :])
+            )
+            for col in emb_cols:
+                t = schema.field(col).type
+                if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+                    raise InputError(
+                        f"column is {t}; embedding columns must be numeric",
+                        file=source.name,
+                        column=col,
+                    )
+            emb_desc = f"{len(emb_cols)} scalar columns"
+        else:
+            if opts.embedding_column is not None:
+                if opts.embedding_column not in names:
+                    raise InputError(
+                        f"no column '{opts.embedding_column}'; columns are: {listing}",
+                        file=source.name,
+                        fix="check --embedding-column",
+                    )
+                emb = opts.embedding_column
+            else:
+                vectors = [f.name for f in schema if _is_vector_type(f.type)]
+                named = [n for n in vectors if n.lower() in EMBEDDING_NAMES]
+                if len(vectors) == 1:
+                    emb = vectors[0]
+                elif len(named) == 1:
+                    emb = named[0]
+                else:
+                    what = "several list columns" if vectors else "no list column"
+                    raise InputError(
+                        f"cannot tell which column holds the embeddings ({what}); "
+                        f"columns are: {listing}",
+                        file=source.name,
+                        fix="pass --embedding-column NAME (or --embedding-prefix)",
+                    )
+            emb_cols = [emb]
+            emb_type = schema.field(emb).type
+            if not _is_vector_type(emb_type):
+                raise InputError(
+                    f"column is {emb_type}, not a list of numbers",
+                    file=source.name,
+                    column=emb,
+                    fix="store one list<float32> per row, or use --embedding-prefix "
+                    "for scalar columns",
+                )
+            storage = (
+                emb_type.storage_type
+                if isinstance(emb_type, pa.ExtensionType)
+                else emb_type
+            )
+            value_type = storage.value_type
+            if not (
+                pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
+            ):
+                raise InputError(
+                    f"column is {emb_type}; embeddings must be numbers",
+                    file=source.name,
+                    column=emb,
+                )
+            emb_desc = f"list of {_type_family(value_type)}"
+
+        # Label column.
+        candidates = list(names) + [k for k in source.partition if k not in names]
+        if opts.label_column is not None:
+            if opts.label_column not in candidates:
+                raise InputError(
+                    f"no column '{opts.label_column}'; columns are: {listing}",
+                    file=source.name,
+                    fix="check --label-column",
+                )
+            label = opts.label_column
+        else:
+            by_name = [n for n in LABEL_NAMES for c in candidates if c.lower() == n]
+            scalar = [
+                f.name
+                for f in schema
+                if f.name not in emb_cols and not _is_vector_type(f.type)
+            ]
+            if by_name:
+                label = by_name[0]
+            elif len(scalar) == 1:
+                label = scalar[0]
+            else:
+                raise InputError(
+                    f"cannot tell which column holds the labels; columns are: {listing}",
+                    file=source.name,
+                    fix="pass --label-column NAME",
+                )
+        if label in names:
+            label_type = schema.field(label).type
+            if pa.types.is_dictionary(label_type):
+                label_type = label_type.value_type
+            if _is_vector_type(label_type):
+                raise InputError(
+                    f"labels are {label_type}; expected one value per row",
+                    file=source.name,
+                    column=label,
+                )
+            label_desc = (
+                "string"
+                if pa.types.is_string(label_type)
+                or pa.types.is_large_string(label_type)
+                else "integer"
+            )
+        else:
+            label_desc = "partition"
+
+        # Shards must agree with the first file.
+        mine = (source.name, emb_desc, label_desc)
+        if self._first_types is None:
+            self._first_types = mine
+        else:
+            first = self._first_types
+            for i, what in ((1, "embedding"), (2, "label")):
+                if mine[i] != first[i] and "partition" not in (mine[i], first[i]):
+                    raise InputError(
+                        f"{what} column is {mine[i]} but {first[0]} has {first[i]}",
+                        file=source.name,
+                        fix="export every shard with the same column types",
+                    )
+        return emb_cols, label
+
+    def _arrow_block(
+        self,
+        index: int,
+        source: src.Source,
+        batch: pa.RecordBatch,
+        emb_cols: list[str],
+        label_col: str,
+        row0: int,
+    ) -> Block:
+        n = batch.num_rows
+        checks: list[_Check] = []
+        if len(emb_cols) == 1 and _is_vector_type(batch.schema.field(emb_cols[0]).type):
+            values = self._list_values(
+                batch.column(emb_cols[0]), emb_cols[0], source, row0, checks
+            )
+        else:
+            values = self._scalar_values(batch, emb_cols, source, row0, checks)
+        if label_col in batch.schema.names:
+            labels = self._arrow_labels(
+                batch.column(label_col), label_col, source, row0, checks
+            )
+        else:
+            value = source.partition[label_col]
+            labels = self._partition_labels(value, n, source)
+        return self._settle(index, source, values, labels, row0, checks, emb_cols[0])
+
+    def _list_values(
+        self,
+        column: pa.Array,
+        name: str,
+        source: src.Source,
+        row0: int,
+        checks: list[_Check],
+    ) -> np.ndarray:
+        """``[n, d]`` values of a list column; invalid rows are flagged in ``checks``."""
+        column = _list_storage(column)
+        n = len(column)
+        if pa.types.is_fixed_size_list(column.type):
+            size = column.type.list_size
+            offsets = (np.arange(n + 1, dtype=np.int64) + column.offset) * size
+        else:
+            offsets = column.offsets.to_numpy().astype(np.int64, copy=False)
+        lengths = np.diff(offsets)
+        null = (
+            column.is_null().to_numpy(zero_copy_only=False)
+            if column.null_count
+            else np.zeros(n, bool)
+        )
+        ok = ~null
+        checks.append(
+            _Check(
+                "null embedding",
+                null,
+                lambda i: ("embedding is null", name, _SKIP_HINT),
+            )
+        )
+
+        # The dimension is set by the first valid row of the first file.
+        if self.dim is None and ok.any():
+            first = _first(ok)
+            self.dim = int(lengths[first])
+            self._dim_origin = (source.name, row0 + first)
+        dim = self.dim or 0
+        wrong = ok & (lengths != dim)
+        origin = self._dim_origin or (source.name, row0)
+        where = (
+            f"row {origin[1]}"
+            if origin[0] == source.name
+            else f"{origin[0]} row {origin[1]}"
+        )
+        checks.append(
+            _Check(
+                "wrong length",
+                wrong,
+                lambda i: (
+                    f"embedding has {lengths[i]} values but {where} has {dim}",
+                    name,
+                    "give every row the same dimension",
+                ),
+            )
+        )
+        ok &= ~wrong
+
+        child = column.values
+        value_type = child.type
+        if child.null_count:
+            inner = child.is_null().to_numpy(zero_copy_only=False)
+            positions = np.flatnonzero(inner)
+            owners = np.searchsorted(offsets, positions, side="right") - 1
+            inside = (owners >= 0) & (owners < n)
+            bad_rows = np.zeros(n, bool)
+            bad_rows[owners[inside]] = True
+            bad_rows &= ok
+            checks.append(
+                _Check(
+                    "null value inside embedding",
+                    bad_rows,
+                    lambda i: ("embedding holds a null value", name, _SKIP_HINT),
+                )
+            )
+            ok &= ~bad_rows
+            child = pc.fill_null(child, pa.scalar(0, value_type))
+        flat = child.to_numpy(zero_copy_only=False)
+
+        # Fast path: every row valid and contiguous; else gather the valid rows.
+        if ok.all() and n:
+            values = flat[offsets[0] : offsets[0] + n * dim].reshape(n, dim)
+        else:
+            values = np.zeros((n, dim), dtype=flat.dtype)
+            starts = offsets[:-1][ok]
+            values[ok] = flat[starts[:, None] + np.arange(dim)]
+        return self._as_float32(values, ok, name, checks)
+
+    def _scalar_values(
+        self,
+        batch: pa.RecordBatch,
+        names: list[str],
+        source: src.Source,
+        row0: int,
+        checks: list[_Check],
+    ) -> np.ndarray:
+        n = batch.num_rows
+        if self.dim is None:
+            self.dim = len(names)
+            self._dim_origin = (source.name, row0)
+        values = np.empty((n, len(names)), dtype=np.float32)
+        null = np.zeros(n, bool)
+        for j, col in enumerate(names):
+            arr = batch.column(col)
+            if arr.null_count:
+                null |= arr.is_null().to_numpy(zero_copy_only=False)
+                arr = pc.fill_null(arr, pa.scalar(0, arr.type))
+            values[:, j] = arr.to_numpy(zero_copy_only=False)
+        checks.append(
+            _Check(
+                "null value inside embedding",
+                null,
+                lambda i: (
+                    "embedding holds a null value",
+                    names[0] + "...",
+                    _SKIP_HINT,
+                ),
+            )
+        )
+        return self._as_float32(values, ~null, names[0] + "...", checks)
+
+    def _as_float32(
+        self, values: np.ndarray, ok: np.ndarray, name: str, checks: list[_Check]
+    ) -> np.ndarray:
+        """Convert to float32 and flag non-finite rows and rows the distance rejects."""
+        out = np.asarray(values, dtype=np.float32)
+        finite = np.isfinite(out).all(axis=1)
+        bad = ok & ~finite
+        checks.append(
+            _Check(
+                "NaN or infinite value",
+                bad,
+                lambda i: (
+                    "embedding holds NaN or an infinite value (or one beyond float32 "
+                    "range)",
+                    name,
+                    _SKIP_HINT,
+                ),
+            )
+        )
+        ok = ok & finite
+        if self.options.need_direction:
+            zero = ok & ~out.any(axis=1)
+            checks.append(
+                _Check(
+                    "all-zero vector (cosine)",
+                    zero,
+                    lambda i: (
+                        "embedding is all zeros and has no direction for cosine",
+                        name,
+                        "drop the row, pass --on-invalid skip, or choose another "
+                        "--distance",
+                    ),
+                )
+            )
+            ok = ok & ~zero
+        if self.options.need_variance and out.shape[1]:
+            flat = ok & (out.max(axis=1) == out.min(axis=1))
+            checks.append(
+                _Check(
+                    "zero variance (snr)",
+                    flat,
+                    lambda i: (
+                        "embedding has zero variance (all values equal); snr divides "
+                        "by it",
+                        name,
+                        "drop the row, pass --on-invalid skip, or choose another "
+                        "--distance",
+                    ),
+                )
+            )
+        return out
+
+    # Labels ----------------------------------------------------------------------
+
+    def _arrow_labels(
+        self,
+        column: pa.Array,
+        name: str,
+        source: src.Source,
+        row0: int,
+        checks: list[_Check],
+    ) -> np.ndarray:
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        t = column.type
+        null = (
+            column.is_null().to_numpy(zero_copy_only=False)
+            if column.null_count
+            else np.zeros(len(column), bool)
+        )
+        checks.append(
+            _Check("null label", null, lambda i: ("label is null", name, _SKIP_HINT))
+        )
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            self._label_kind("string", source, name)
+            encoded = pc.dictionary_encode(pc.fill_null(column, ""))
+            ids = self.label_map.encode_strings(encoded.dictionary.to_pylist())
+            return ids[encoded.indices.to_numpy(zero_copy_only=False)]
+        if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
+            self._label_kind("integer", source, name)
+            if column.null_count:
+                column = pc.fill_null(column, pa.scalar(0, t))
+            raw = column.to_numpy(zero_copy_only=False)
+            return self._integer_labels(raw, name, checks, null)
+        raise InputError(
+            f"labels are {t}; expected integers, booleans or strings",
+            file=source.name,
+            column=name,
+        )
+
+    def _integer_labels(
+        self, raw: np.ndarray, name: str, checks: list[_Check], null: np.ndarray
+    ) -> np.ndarray:
+        if raw.dtype.kind == "f":
+            whole = np.isfinite(raw) & (np.floor(raw) == raw)
+            bad = ~whole & ~null
+            checks.append(
+                _Check(
+                    "label not a whole number",
+                    bad,
+                    lambda i: (
+                        f"label {raw[i]!r} is not a whole number",
+                        name,
+                        "labels must be class ids (integers or strings)",
+                    ),
+                )
+            )
+            return np.where(whole, raw, 0).astype(np.int64)
+        if raw.dtype == np.uint64 and raw.size and raw.max() > np.iinfo(np.int64).max:
+            raise InputError(
+                "labels exceed the int64 range", column=name, fix="renumber the classes"
+            )
+        return raw.astype(np.int64)
+
+    def _partition_labels(self, value: str, n: int, source: src.Source) -> np.ndarray:
+        try:
+            number = int(value)
+        except ValueError:
+            self._label_kind("string", source, "partition folder")
+            return np.full(n, self.label_map.encode_strings([value])[0], dtype=np.int64)
+        self._label_kind("integer", source, "partition folder")
+        return np.full(n, number, dtype=np.int64)
+
+    def _label_kind(self, kind: str, source: src.Source, name: str) -> None:
+        if self.label_map.kind is None:
+            self.label_map.kind = kind
+        elif self.label_map.kind != kind:
+            raise InputError(
+                f"labels are {kind}s here but {self.label_map.kind}s in the files "
+                "before",
+                file=source.name,
+                column=name,
+                fix="use one label type across all inputs",
+            )
+
+    # .npy and .npz --------------------------------------------------------------
+
+    def _npy_blocks(
+        self, index: int, source: src.Source, labels_path: str | None
+    ) -> Iterator[Block]:
+        embeddings = map_npy(source.path, source.name)
+        if labels_path is not None:
+            labels_name = labels_path
+            labels = map_npy(labels_path, labels_name, _check_kind=True)
+        else:
+            labels_name, labels = self._npy_labels_beside(source, embeddings)
+        yield from self._array_blocks(index, source, embeddings, labels, labels_name)
+
+    def _npy_labels_beside(
+        self, source: src.Source, embeddings: np.ndarray
+    ) -> tuple[str, np.ndarray]:
+        """Labels from a second array after the first (a piped pair), or from the
+        ``NAME.labels.npy`` beside ``NAME.embeddings.npy``."""
+        offset = getattr(embeddings, "_distgap_end", None)
+        if offset is not None and os.path.getsize(source.path) > offset:
+            return source.name + " (second array)", map_npy(
+                source.path, source.name, offset=offset
+            )
+        base = source.path
+        for suffix in (".embeddings.npy", ".npy"):
+            if base.endswith(suffix):
+                candidate = base[: -len(suffix)] + ".labels.npy"
+                if candidate != base and os.path.exists(candidate):
+                    return candidate, map_npy(candidate, candidate)
+        raise InputError(
+            "no labels for these .npy embeddings",
+            file=source.name,
+            fix="pass --labels LABELS.npy (or put NAME.labels.npy beside "
+            "NAME.embeddings.npy)",
+        )
+
+    def _npz_blocks(self, index: int, source: src.Source) -> Iterator[Block]:
+        try:
+            archive = np.load(source.path, allow_pickle=False)
+            names = list(archive.files)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise InputError(
+                f"cannot be read as .npz ({exc})", file=source.name, fix="re-save it"
+            ) from None
+        emb_name = self._pick_array(
+            names,
+            self.options.embedding_column,
+            NPZ_EMBEDDING_NAMES,
+            source,
+            "embeddings",
+        )
+        label_name = self._pick_array(
+            names, self.options.label_column, NPZ_LABEL_NAMES, source, "labels"
+        )
+        try:
+            embeddings = archive[emb_name]
+            labels = archive[label_name]
+        except ValueError:
+            raise InputError(
+                "holds object arrays, which distgap refuses to load (they need "
+                "pickling)",
+                file=source.name,
+                fix="save plain numeric arrays",
+            ) from None
+        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise InputError(
+                f"is truncated or corrupt ({exc})", file=source.name
+            ) from None
+        yield from self._array_blocks(
+            index, source, embeddings, labels, f"{source.name}:{label_name}"
+        )
+
+    def _pick_array(
+        self,
+        names: list[str],
+        given: str | None,
+        defaults: tuple[str, ...],
+        source: src.Source,
+        what: str,
+    ) -> str:
+        if given is not None:
+            if given in names:
+                return given
+            raise InputError(
+                f"no array '{given}'; arrays are: {', '.join(names) or 'none'}",
+                file=source.name,
+            )
+        for name in defaults:
+            if name in names:
+                return name
+        flag = "--embedding-column" if what == "embeddings" else "--label-column"
+        raise InputError(
+            f"cannot tell which array holds the {what}; arrays are: "
+            f"{', '.join(names) or 'none'}",
+            file=source.name,
+            fix=f"pass {flag} NAME",
+        )
+
+    def _array_blocks(
+        self,
+        index: int,
+        source: src.Source,
+        embeddings: np.ndarray,
+        labels: np.ndarray,
+        labels_name: str,
+    ) -> Iterator[Block]:
+        name = source.name
+        if embeddings.dtype.kind not in "fiub" or embeddings.ndim != 2:
+            raise InputError(
+                f"embeddings must be a 2-D numeric array; got shape "
+                f"{embeddings.shape} of {embeddings.dtype}",
+                file=name,
+                fix="save an array of shape (rows, dimension)",
+            )
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise InputError(
+                f"labels have shape {labels.shape}; expected one label per row",
+                file=labels_name,
+                fix="save labels of shape (rows,) or (rows, 1)",
+            )
+        if len(labels) != len(embeddings):
+            raise InputError(
+                f"{len(embeddings)} rows of embeddings but {len(labels)} labels",
+                file=name,
+                fix="save one label per embedding row",
+            )
+        if self.dim is None:
+            self.dim = int(embeddings.shape[1])
+            self._dim_origin = (name, self.rows_read)
+        elif embeddings.shape[1] != self.dim:
+            origin = self._dim_origin[0] if self._dim_origin else "the first file"
+            raise InputError(
+                f"embeddings have dimension {embeddings.shape[1]} but {origin} has "
+                f"{self.dim}",
+                file=name,
+                fix="evaluate one model's embeddings at a time",
+            )
+        kind = "string" if labels.dtype.kind in "US" else "integer"
+        if labels.dtype.kind not in "biufUS":
+            raise InputError(
+                f"labels are {labels.dtype}; expected integers or strings",
+                file=labels_name,
+            )
+        self._label_kind(kind, source, "labels")
+
+        step = max(1024, _BLOCK_VALUES // max(self.dim, 1))
+        total = len(embeddings)
+        if total == 0:
+            return
+        for start in range(0, total, step):
+            n = self._take(min(step, total - start))
+            if n == 0:
+                return
+            row0 = self.rows_read
+            self.rows_read += n
+            checks: list[_Check] = []
+            chunk = np.asarray(embeddings[start : start + n])
+            values = self._as_float32(chunk, np.ones(n, bool), "embeddings", checks)
+            raw = np.asarray(labels[start : start + n])
+            if kind == "string":
+                texts = raw.astype(str)
+                uniq, inverse = np.unique(texts, return_inverse=True)
+                ids = self.label_map.encode_strings(list(uniq))[inverse]
+            else:
+                native = raw.astype(raw.dtype.newbyteorder("="))
+                ids = self._integer_labels(native, "labels", checks, np.zeros(n, bool))
+            yield self._settle(index, source, values, ids, row0, checks, "embeddings")
+
+    # Invalid rows -----------------------------------------------------------------
+
+    def _settle(
+        self,
+        index: int,
+        source: src.Source,
+        values: np.ndarray,
+        labels: np.ndarray,
+        row0: int,
+        checks: list[_Check],
+        column: str,
+    ) -> Block:
+        """Raise for the first invalid row, or drop invalid rows and count them."""
+        n = len(labels)
+        invalid = np.zeros(n, bool)
+        found = [c for c in checks if c.mask.any()]
+        if found and self.options.on_invalid == "error":
+            check = min(found, key=lambda c: _first(c.mask))
+            i = _first(check.mask)
+            problem, col, fix = check.describe(i)
+            raise InputError(
+                problem, file=source.name, row=row0 + i, column=col, fix=fix
+            )
+        for check in found:
+            fresh = check.mask & ~invalid
+            self.dropped[check.reason] += int(fresh.sum())
+            invalid |= check.mask
+        rows = np.arange(row0, row0 + n, dtype=np.int64)
+        if invalid.any():
+            keep = ~invalid
+            values, labels, rows = values[keep], labels[keep], rows[keep]
+        return Block(np.ascontiguousarray(values), labels, rows, index)
+
+
+def map_npy(
+    path: str, name: str, *, offset: int = 0, _check_kind: bool = False
+) -> np.ndarray:
+    """Memory-map one ``.npy`` array read-only, starting ``offset`` bytes in.
+
+    The header is parsed here rather than by ``np.load`` so that an array after
+    another one (a pair piped through one stream) can be mapped too, and so that
+    object arrays are refused before anything is loaded: pickled data is never
+    read.
+
+    Raises:
+        InputError: for an empty, truncated, pickled or non-.npy file.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise InputError("no such file", file=name, fix="check the path") from None
+    if size == 0:
+        raise InputError("file is empty (0 bytes)", file=name, fix="re-save the array")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            data_start = handle.tell()
+    except ValueError as exc:
+        raise InputError(
+            f"not a valid .npy file ({exc})",
+            file=name,
+            fix="re-save it with numpy.save",
+        ) from None
+    if dtype.hasobject:
+        raise InputError(
+            "holds an object array, which distgap refuses to load (it needs "
+            "pickling, which can run arbitrary code)",
+            file=name,
+            fix="save a plain numeric array, e.g. np.save(path, np.asarray(x, "
+            "dtype=np.float32))",
+        )
+    count = int(np.prod(shape, dtype=np.int64))
+    end = data_start + count * dtype.itemsize
+    if end > size:
+        raise InputError(
+            f"is truncated: its header promises {end - data_start} bytes of data, "
+            f"the file holds {size - data_start}",
+            file=name,
+            fix="re-save or re-copy the file",
+        )
+    if count == 0:
+        array = np.empty(shape, dtype=dtype)
+    else:
+        array = np.memmap(
+            path,
+            dtype=dtype,
+            mode="r",
+            offset=data_start,
+            shape=shape,
+            order="F" if fortran else "C",
+        )
+    mapped = array.view(_MappedArray)
+    mapped._distgap_end = end
+    return mapped
+
+
+class _MappedArray(np.ndarray):
+    """An ndarray that remembers where its data ended in its file."""
+
+    _distgap_end: int = 0
+
+
+def estimate_rows(sources: list[src.Source]) -> int | None:
+    """Total rows from file metadata, or None when a source cannot tell cheaply."""
+    total = 0
+    for source in sources:
+        try:
+            if source.kind == src.PARQUET:
+                total += pq.ParquetFile(source.path).metadata.num_rows
+            elif source.kind == src.NPY:
+                total += len(map_npy(source.path, source.name))
+            else:
+                return None
+        except (InputError, pa.ArrowException, OSError):
+            return None
+    return total

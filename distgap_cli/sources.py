@@ -1,0 +1,202 @@
+"""Finding the input files and telling their formats apart.
+
+Paths are expanded (directories recursively, hive-style ``key=value`` folders
+included; globs), sorted, and each file's format is read from its first bytes, not
+its name. Standard input (``-``) is sniffed the same way.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from distgap_cli.errors import InputError
+
+PARQUET = "parquet"
+ARROW_FILE = "arrow-file"
+ARROW_STREAM = "arrow-stream"
+NPY = "npy"
+NPZ = "npz"
+
+# What a file's name promises, by suffix.
+_SUFFIXES = {
+    ".parquet": (PARQUET,),
+    ".pq": (PARQUET,),
+    ".arrow": (ARROW_FILE, ARROW_STREAM),
+    ".feather": (ARROW_FILE,),
+    ".ipc": (ARROW_FILE, ARROW_STREAM),
+    ".arrows": (ARROW_STREAM,),
+    ".npy": (NPY,),
+    ".npz": (NPZ,),
+}
+_FORMAT_NAMES = {
+    PARQUET: "Parquet",
+    ARROW_FILE: "Arrow IPC file",
+    ARROW_STREAM: "Arrow IPC stream",
+    NPY: ".npy",
+    NPZ: ".npz",
+}
+
+STDIN = "<stdin>"
+
+
+@dataclass
+class Source:
+    """One input file.
+
+    Attributes:
+        name: the path as the user gave or as found, ``<stdin>`` for a pipe.
+        path: where to read it (a spool file for standard input).
+        kind: its format.
+        partition: hive-style ``key=value`` folder names above it.
+        stream: an open, unseekable stream to read sequentially (Arrow streams on
+            standard input), else None.
+    """
+
+    name: str
+    path: str
+    kind: str
+    partition: dict[str, str] = field(default_factory=dict)
+    stream: BinaryIO | None = None
+
+
+def sniff(head: bytes) -> str | None:
+    """The format whose magic bytes ``head`` starts with, or None."""
+    if head.startswith(b"PAR1"):
+        return PARQUET
+    if head.startswith(b"ARROW1"):
+        return ARROW_FILE
+    if head.startswith(b"\xff\xff\xff\xff"):
+        return ARROW_STREAM
+    if head.startswith(b"\x93NUMPY"):
+        return NPY
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return NPZ
+    return None
+
+
+def _partition_of(path: str, root: str) -> dict[str, str]:
+    rel = os.path.relpath(os.path.dirname(path), root)
+    parts = {}
+    for piece in rel.split(os.sep):
+        key, sep, value = piece.partition("=")
+        if sep and key:
+            parts[key] = value
+    return parts
+
+
+def _is_data_file(name: str) -> bool:
+    """Skip hidden and bookkeeping files (``_SUCCESS``, ``.crc``, ``_metadata``)."""
+    return not name.startswith((".", "_")) and not name.endswith(".crc")
+
+
+def _expand(path: str) -> list[tuple[str, dict[str, str]]]:
+    if os.path.isdir(path):
+        found = []
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            for name in files:
+                if _is_data_file(name):
+                    full = os.path.join(folder, name)
+                    found.append((full, _partition_of(full, path)))
+        if not found:
+            raise InputError(
+                "directory holds no data files",
+                file=path,
+                fix="point distgap at Parquet, Arrow, .npy or .npz files",
+            )
+        return sorted(found)
+    if os.path.exists(path):
+        return [(path, {})]
+    if glob.has_magic(path):
+        matches = sorted(
+            p for p in glob.glob(path, recursive=True) if os.path.isfile(p)
+        )
+        if not matches:
+            raise InputError("no file matches this pattern", file=path)
+        return [(p, {}) for p in matches]
+    raise InputError("no such file or directory", file=path, fix="check the path")
+
+
+def _read_head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8)
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror})", file=path) from None
+
+
+def _check_kind(name: str, head: bytes) -> str:
+    if not head:
+        raise InputError(
+            "file is empty (0 bytes)", file=name, fix="re-export the embeddings"
+        )
+    kind = sniff(head)
+    promised = _SUFFIXES.get(os.path.splitext(name)[1].lower())
+    if kind is None:
+        what = f"a {_FORMAT_NAMES[promised[0]]} file" if promised else "a known format"
+        raise InputError(
+            f"not {what}: its first bytes are {head[:8]!r}",
+            file=name,
+            fix="distgap reads Parquet, Arrow IPC, .npy and .npz files",
+        )
+    if promised and kind not in promised:
+        raise InputError(
+            f"named like a {_FORMAT_NAMES[promised[0]]} file but holds "
+            f"{_FORMAT_NAMES[kind]} data",
+            file=name,
+            fix="rename the file or re-export it",
+        )
+    return kind
+
+
+def discover(paths: list[str]) -> list[Source]:
+    """Expand ``paths`` into sources in read order: each path's files sorted.
+
+    Raises:
+        InputError: for a missing path, an empty directory or glob, an empty or
+            unrecognised file, or a file whose content contradicts its name.
+    """
+    sources: list[Source] = []
+    for given in paths:
+        if given == "-":
+            sources.append(_stdin_source())
+            continue
+        for path, partition in _expand(given):
+            kind = _check_kind(path, _read_head(path))
+            sources.append(Source(path, path, kind, partition))
+    return sources
+
+
+def _stdin_source() -> Source:
+    """Sniff standard input; spool formats that need seeking to a temporary file."""
+    stream = sys.stdin.buffer
+    head = stream.peek(8)[:8] if hasattr(stream, "peek") else b""
+    if not head:
+        raise InputError(
+            "standard input is empty",
+            file=STDIN,
+            fix="pipe a Parquet, Arrow IPC, .npy or .npz file into distgap",
+        )
+    kind = _check_kind(STDIN, head)
+    if kind == ARROW_STREAM:
+        return Source(STDIN, STDIN, kind, stream=stream)
+    spool = tempfile.NamedTemporaryFile(prefix="distgap-stdin-", delete=False)
+    with spool:
+        shutil.copyfileobj(stream, spool, 1 << 20)
+    return Source(STDIN, spool.name, kind)
+
+
+def release(sources: list[Source]) -> None:
+    """Delete the spool files made for standard input."""
+    for source in sources:
+        if source.name == STDIN and source.path != STDIN:
+            try:
+                os.unlink(source.path)
+            except OSError:
+                pass
