@@ -15,6 +15,7 @@ from typing import Any
 from distgap_cli.errors import DeviceError, UsageError
 
 _tf: Any = None
+_keras: Any = None
 
 
 def tensorflow() -> Any:
@@ -32,6 +33,17 @@ def tensorflow() -> Any:
         tf.get_logger().setLevel("ERROR")
         _tf = tf
     return _tf
+
+
+def keras() -> Any:
+    """Return the ``keras`` module, importing it (and TensorFlow) quietly."""
+    global _keras
+    if _keras is None:
+        tensorflow()
+        with _stderr_silenced():
+            import keras as module
+        _keras = module
+    return _keras
 
 
 @contextlib.contextmanager

@@ -256,6 +256,32 @@ def batch_stats(anchors: AnchorStats, mask: Any) -> BatchStats:
     )
 
 
+def aggregate_anchors(values: Any, present: Any, how: str) -> tuple[Any, Any]:
+    """Reduce per-anchor ``values`` ``[K, B]`` over the anchors where ``present``.
+
+    Args:
+        values: per-anchor distances.
+        present: which anchors have the value (e.g. ``has_pos``).
+        how: ``mean`` (or ``avg``), ``max``, ``min`` or ``sum``.
+
+    Returns:
+        ``(value, valid)``, each ``[K]``; ``value`` is NaN where no anchor counts.
+    """
+    valid = tf.reduce_any(present, axis=-1)
+    inf = tf.constant(float("inf"), values.dtype)
+    if how in ("mean", "avg"):
+        count = tf.reduce_sum(tf.cast(present, values.dtype), axis=-1)
+        total = tf.reduce_sum(tf.where(present, values, 0.0), axis=-1)
+        value = total / tf.maximum(count, 1.0)
+    elif how == "max":
+        value = tf.reduce_max(tf.where(present, values, -inf), axis=-1)
+    elif how == "min":
+        value = tf.reduce_min(tf.where(present, values, inf), axis=-1)
+    else:
+        value = tf.reduce_sum(tf.where(present, values, 0.0), axis=-1)
+    return tf.where(valid, value, float("nan")), valid
+
+
 def invalid_rows(distance: Distance, x: Any, mask: Any) -> Any:
     """``[K, B]`` booleans: rows the distance is undefined for (zero vector, zero
     variance) or that hold a non-finite value."""

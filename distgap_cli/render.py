@@ -14,7 +14,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.markup import escape
 from rich.table import Table
 
@@ -59,7 +61,7 @@ def _stat(*path: str, digits: int = 6) -> Callable[[dict[str, Any]], str]:
 ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("rows", _stat("rows")),
     ("batches used / total", _batches),
-    ("skipped: one class / no positive pair", _skipped),
+    ("skipped: one class / no pos pair", _skipped),
     ("gap, last batch (TF Similarity)", _stat("last_gap")),
     ("gap mean", _stat("gap", "mean")),
     ("gap std", _stat("gap", "std")),
@@ -97,14 +99,20 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+def _title(doc: dict[str, Any]) -> str:
+    settings = doc["settings"]
+    return (
+        f"distance gap, batches of {settings['batch_size']} ({settings['order']})"
+    )
+
+
 def _caption(doc: dict[str, Any]) -> list[str]:
-    inp, settings = doc["input"], doc["settings"]
+    inp = doc["input"]
     files = inp["files"]
     shown = files[0] if len(files) == 1 else f"{len(files)} files"
     lines = [
         f"{shown}: {inp['rows']} rows, dimension {inp['dimension']}, "
-        f"{inp['classes']} classes; batches of {settings['batch_size']} "
-        f"({settings['order']}) on {doc['device']}"
+        f"{inp['classes']} classes, on {doc['device']}"
     ]
     if inp["dropped"]:
         parts = ", ".join(f"{n} {why}" for why, n in inp["dropped"].items())
@@ -115,24 +123,38 @@ def _caption(doc: dict[str, Any]) -> list[str]:
 
 
 def table(doc: dict[str, Any], console: Console) -> None:
-    """Print the report as a table: one row per statistic, one column per distance."""
-    grid = Table(title="distance gap", title_justify="left", show_lines=False)
-    grid.add_column("statistic", overflow="fold")
-    for entry in doc["results"]:
-        grid.add_column(
-            escape(entry["distance"]), justify="right", overflow="fold", min_width=9
-        )
+    """Print the report: one row per statistic, one column per distance.
+
+    When the table would not fit the console, each distance is printed as a list
+    of ``statistic: value`` lines instead, so that no number is ever cut short.
+    """
+    results = doc["results"]
+    grid = Table(box=box.HEAVY_HEAD)
+    grid.add_column("statistic", no_wrap=True)
+    for entry in results:
+        grid.add_column(escape(entry["distance"]), justify="right", no_wrap=True)
     for label, read in ROWS:
-        grid.add_row(label, *(read(e) for e in doc["results"]))
-    console.print(grid)
+        grid.add_row(label, *(read(e) for e in results))
+
+    console.print(escape(_title(doc)), soft_wrap=True)
+    unbounded = console.options.update_width(1 << 20)
+    if Measurement.get(console, unbounded, grid).maximum <= console.width:
+        console.print(grid)
+    else:
+        for entry in results:
+            console.print(f"{escape(entry['distance'])}:", soft_wrap=True)
+            for label, read in ROWS:
+                console.print(f"  {label}: {read(entry)}", soft_wrap=True)
     for line in _caption(doc):
-        console.print(escape(line), soft_wrap=False, overflow="fold")
+        console.print(escape(line), soft_wrap=True)
 
 
 def markdown(doc: dict[str, Any]) -> str:
     """The report as a GitHub-flavoured Markdown table, for CI job summaries."""
     names = [e["distance"] for e in doc["results"]]
     out = [
+        f"**{_title(doc)}**",
+        "",
         "| statistic | " + " | ".join(names) + " |",
         "| --- | " + " | ".join("---:" for _ in names) + " |",
     ]

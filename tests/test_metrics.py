@@ -1,0 +1,178 @@
+"""The Keras metrics: TF Similarity's API, distgap's accumulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distgap_cli import (
+    DistanceGapMetric,
+    DistanceMetric,
+    avg_neg,
+    dist_gap,
+    max_pos,
+    min_neg,
+    sum_pos,
+)
+from distgap_cli import metrics as metrics_module
+
+from .conftest import HARDNEG_X, HARDNEG_Y
+
+keras = metrics_module.keras
+SECOND_X = np.array([[0, 0], [0, 2], [10, 0], [10, 2]], np.float32)
+SECOND_Y = np.array([0, 0, 1, 1])
+
+
+def value(metric):
+    return float(metric.result())
+
+
+# Shared case C13: nothing carries over a reset.
+def test_c13_reset_state_forgets():
+    metric = DistanceGapMetric("euclidean")
+    metric.update_state(HARDNEG_Y, HARDNEG_X)
+    assert value(metric) == pytest.approx(5.0)
+    metric.reset_state()
+    assert math.isnan(value(metric))
+    metric.update_state(SECOND_Y, SECOND_X)
+    assert value(metric) == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize(
+    "reduction, expected", [("mean", 6.5), ("last", 8.0), ("min", 5.0), ("max", 8.0)]
+)
+def test_reductions_over_batches(reduction, expected):
+    metric = DistanceGapMetric("l2", reduction=reduction)
+    metric.update_state(HARDNEG_Y, HARDNEG_X)
+    metric.update_state(SECOND_Y, SECOND_X)
+    assert value(metric) == pytest.approx(expected)
+
+
+def test_degenerate_batches_are_skipped_not_counted():
+    metric = DistanceGapMetric("euclidean")
+    metric.update_state(HARDNEG_Y, HARDNEG_X)
+    metric.update_state(np.zeros(4, int), SECOND_X)  # no negative pair
+    metric.update_state(np.arange(4), SECOND_X)  # no positive pair
+    assert value(metric) == pytest.approx(5.0)
+    last = DistanceGapMetric("euclidean", reduction="last")
+    last.update_state(np.zeros(4, int), SECOND_X)
+    assert math.isnan(value(last))
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 1)])
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint16])
+def test_label_shapes_and_dtypes(shape, dtype):
+    metric = DistanceGapMetric("euclidean")
+    metric.update_state(HARDNEG_Y.astype(dtype).reshape(shape), HARDNEG_X)
+    assert value(metric) == pytest.approx(5.0)
+
+
+def test_labels_must_be_one_per_row():
+    with pytest.raises(ValueError, match="one label per row"):
+        DistanceGapMetric("euclidean").update_state(
+            np.zeros((4, 2), int), HARDNEG_X
+        )
+
+
+def test_sample_weight_zero_leaves_rows_out():
+    x = np.concatenate([HARDNEG_X, [[2.5]]]).astype(np.float32)
+    y = np.concatenate([HARDNEG_Y, [0]])
+    metric = DistanceGapMetric("euclidean")
+    metric.update_state(y, x, sample_weight=np.array([1, 1, 1, 1, 0.0]))
+    assert value(metric) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize(
+    "factory, name, expected",
+    [
+        (max_pos, "max_pos", 7.0),
+        (min_neg, "min_neg", 2.0),
+        (avg_neg, "avg_neg", (3 + 2 + 2 + 9) / 4),
+        (sum_pos, "sum_pos", 1 + 1 + 7 + 7),
+        (dist_gap, "dist_gap", 5.0),
+    ],
+)
+def test_alias_factories(factory, name, expected):
+    metric = factory("euclidean")
+    assert metric.name == name
+    metric.update_state(HARDNEG_Y, HARDNEG_X)
+    assert value(metric) == pytest.approx(expected)
+
+
+def test_distance_metric_mining_strategies():
+    easy_pos = DistanceMetric("euclidean", aggregate="min", positive_mining_strategy="easy")
+    assert easy_pos.name == "min_pos"
+    easy_pos.update_state(HARDNEG_Y, HARDNEG_X)
+    assert value(easy_pos) == pytest.approx(1.0)
+    easy_neg = DistanceMetric(
+        "euclidean", aggregate="max", anchor="negative", negative_mining_strategy="easy"
+    )
+    easy_neg.update_state(HARDNEG_Y, HARDNEG_X)
+    assert value(easy_neg) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, listed",
+    [
+        ({"distance": "hamming"}, "cosine"),
+        ({"distance": "cosine", "aggregate": "median"}, "mean, avg, max, min, sum"),
+        ({"distance": "cosine", "anchor": "both"}, "positive, negative"),
+        ({"distance": "cosine", "reduction": "first"}, "mean, last, min, max"),
+        ({"distance": "cosine", "negative_mining_strategy": "semi-hard"}, "hard, easy"),
+    ],
+)
+def test_invalid_arguments_list_valid_values(kwargs, listed):
+    with pytest.raises(ValueError, match=listed):
+        DistanceMetric(**kwargs)
+
+
+def test_config_round_trip_and_serialisation():
+    metric = DistanceMetric(
+        "l1", aggregate="max", anchor="negative", name="far", reduction="last"
+    )
+    clone = DistanceMetric.from_config(metric.get_config())
+    assert clone.get_config() == metric.get_config()
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(DistanceGapMetric("sql2"))
+    )
+    assert isinstance(revived, DistanceGapMetric)
+    assert revived.distance.value == "squared_euclidean"
+
+
+def test_invalid_rows_poison_the_batch():
+    metric = DistanceGapMetric("cosine")
+    metric.update_state([0, 0, 1, 1], np.array([[0, 0], [1, 0], [0, 1], [0, 2]], "f4"))
+    assert math.isnan(value(metric))
+
+
+def test_one_trace_for_every_batch_size():
+    metric = DistanceGapMetric("manhattan")
+    rng = np.random.default_rng(0)
+    for n in (4, 7, 12, 33):
+        metric.update_state(rng.integers(0, 3, n), rng.normal(size=(n, 5)))
+    compiled = metrics_module.batch_value(metric.distance, ("gap",))
+    assert compiled.experimental_get_tracing_count() == 1
+
+
+def test_compile_fit_and_evaluate():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Input((4,)), keras.layers.Dense(3)])
+    model.compile(
+        optimizer="sgd",
+        loss=lambda y_true, y_pred: keras.ops.mean(y_pred**2),
+        metrics=[DistanceGapMetric("cosine"), max_pos("cosine")],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = rng.integers(0, 4, 64)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert len(history.history["dist_gap"]) == 2
+    assert all(np.isfinite(history.history["dist_gap"]))
+    scores = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+
+    # One batch covering everything: the metric equals the core on that batch.
+    check = DistanceGapMetric("cosine")
+    check.update_state(y, model.predict(x, verbose=0))
+    assert scores["dist_gap"] == pytest.approx(value(check), rel=1e-5)
