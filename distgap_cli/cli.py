@@ -10,9 +10,9 @@ import contextlib
 import enum
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -84,7 +84,9 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version."
+        ),
     ] = False,
 ) -> None:
     """How well do saved embeddings separate their classes?"""
@@ -133,7 +135,9 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of --shuffle.")] = 0,
     embedding_column: Annotated[
         str | None,
-        typer.Option(help="Column (or .npz array) with the embeddings. [default: auto]"),
+        typer.Option(
+            help="Column (or .npz array) with the embeddings. [default: auto]"
+        ),
     ] = None,
     label_column: Annotated[
         str | None,
@@ -239,7 +243,9 @@ def eval_command(
 
 
 @contextlib.contextmanager
-def _progress(err: Console, quiet: bool, reader: object) -> Iterator[object]:
+def _progress(
+    err: Console, quiet: bool, reader: Any
+) -> Iterator[Callable[[int], None] | None]:
     """A progress bar on stderr when it is a terminal; otherwise a no-op."""
     if quiet or not err.is_terminal:
         yield None
@@ -253,7 +259,7 @@ def _progress(err: Console, quiet: bool, reader: object) -> Iterator[object]:
 
     from distgap_cli.reading import estimate_rows
 
-    total = estimate_rows(reader.sources)  # type: ignore[attr-defined]
+    total = estimate_rows(reader.sources)
     with Progress(
         TextColumn("reading"),
         BarColumn(),
@@ -280,7 +286,9 @@ def _emit(doc: dict, fmt: Format, output: Path | None) -> None:
         try:
             output.write_text(render.text(doc, fmt.value))
         except OSError as exc:
-            raise UsageError(f"cannot write --output {output}: {exc.strerror}") from None
+            raise UsageError(
+                f"cannot write --output {output}: {exc.strerror}"
+            ) from None
         return
     if fmt is Format.TABLE:
         render.table(doc, Console(highlight=False))

@@ -141,7 +141,7 @@ def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
 
 
 def _direct(distance: Distance, anchors: Any, partners: Any) -> Any:
-    """Distances between ``anchors`` ``[K, B, 1, d]`` and ``partners`` ``[K, B, m, d]``."""
+    """Distances from ``anchors`` ``[K, B, 1, d]`` to ``partners`` ``[K, B, m, d]``."""
     diff = anchors - partners
     if distance is Distance.COSINE:
         return tf.minimum(0.5 * tf.reduce_sum(diff * diff, axis=-1), 2.0)
@@ -158,14 +158,18 @@ def _needs_refinement(distance: Distance) -> bool:
     return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
 
 
-def anchor_stats(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorStats:
-    """Hardest and easiest positive and negative of every anchor.
+def anchor_stats(
+    distance: Distance, labels: Any, x: Any, mask: Any, *, full: bool = True
+) -> AnchorStats:
+    """Hardest (and easiest) positive and negative of every anchor.
 
     Args:
         distance: which distance.
         labels: ``[K, B]`` integer labels.
         x: ``[K, B, d]`` float embeddings (float16 is computed in float32).
         mask: ``[K, B]`` booleans, true for rows that take part.
+        full: also compute the easiest pairs and the mean distances; without
+            them the call is faster and those fields are None.
 
     Returns:
         An :class:`AnchorStats` of ``[K, B]`` tensors.
@@ -181,40 +185,50 @@ def anchor_stats(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorSt
     not_self = ~tf.eye(b, dtype=tf.bool)[None]
     pos = same & not_self & present
     neg = ~same & present
+    has_pos = tf.reduce_any(pos, axis=-1)
+    has_neg = tf.reduce_any(neg, axis=-1)
 
-    # Extremes and means over each anchor's positives and negatives.
+    # Each anchor's extreme pairs, picked on the matrix, then measured directly.
     inf = tf.constant(float("inf"), matrix.dtype)
-    hp_idx = tf.argmax(tf.where(pos, matrix, -inf), axis=-1, output_type=tf.int32)
-    ep_idx = tf.argmin(tf.where(pos, matrix, inf), axis=-1, output_type=tf.int32)
-    hn_idx = tf.argmin(tf.where(neg, matrix, inf), axis=-1, output_type=tf.int32)
-    en_idx = tf.argmax(tf.where(neg, matrix, -inf), axis=-1, output_type=tf.int32)
-    picks = tf.stack([hp_idx, ep_idx, hn_idx, en_idx], axis=-1)
+    picks = [
+        tf.argmax(tf.where(pos, matrix, -inf), axis=-1, output_type=tf.int32),
+        tf.argmin(tf.where(neg, matrix, inf), axis=-1, output_type=tf.int32),
+    ]
+    if full:
+        picks.append(tf.argmin(tf.where(pos, matrix, inf), -1, output_type=tf.int32))
+        picks.append(tf.argmax(tf.where(neg, matrix, -inf), -1, output_type=tf.int32))
+    stacked = tf.stack(picks, axis=-1)
     if _needs_refinement(distance):
         _, rows = _prepared(distance, x, mask)
-        partners = tf.gather(rows, picks, batch_dims=1)
+        partners = tf.gather(rows, stacked, batch_dims=1)
         values = _direct(distance, rows[:, :, None, :], partners)
     else:
-        values = tf.gather(matrix, picks, batch_dims=2)
-    n_pos = tf.reduce_sum(tf.cast(pos, matrix.dtype), axis=-1)
-    n_neg = tf.reduce_sum(tf.cast(neg, matrix.dtype), axis=-1)
-    sum_pos = tf.reduce_sum(tf.where(pos, matrix, 0.0), axis=-1)
-    sum_neg = tf.reduce_sum(tf.where(neg, matrix, 0.0), axis=-1)
+        values = tf.gather(matrix, stacked, batch_dims=2)
 
     # Anchors without a positive (or negative) get NaN, never a fallback number.
-    has_pos = n_pos > 0
-    has_neg = n_neg > 0
     nan = tf.constant(float("nan"), matrix.dtype)
+    extra: dict[str, Any] = dict.fromkeys(
+        ("easiest_pos", "easiest_neg", "mean_pos", "mean_neg")
+    )
+    if full:
+        n_pos = tf.reduce_sum(tf.cast(pos, matrix.dtype), axis=-1)
+        n_neg = tf.reduce_sum(tf.cast(neg, matrix.dtype), axis=-1)
+        sum_pos = tf.reduce_sum(tf.where(pos, matrix, 0.0), axis=-1)
+        sum_neg = tf.reduce_sum(tf.where(neg, matrix, 0.0), axis=-1)
+        extra = {
+            "easiest_pos": tf.where(has_pos, values[..., 2], nan),
+            "easiest_neg": tf.where(has_neg, values[..., 3], nan),
+            "mean_pos": tf.where(has_pos, sum_pos / tf.maximum(n_pos, 1.0), nan),
+            "mean_neg": tf.where(has_neg, sum_neg / tf.maximum(n_neg, 1.0), nan),
+        }
     return AnchorStats(
         hardest_pos=tf.where(has_pos, values[..., 0], nan),
-        hardest_neg=tf.where(has_neg, values[..., 2], nan),
-        easiest_pos=tf.where(has_pos, values[..., 1], nan),
-        easiest_neg=tf.where(has_neg, values[..., 3], nan),
-        mean_pos=tf.where(has_pos, sum_pos / tf.maximum(n_pos, 1.0), nan),
-        mean_neg=tf.where(has_neg, sum_neg / tf.maximum(n_neg, 1.0), nan),
+        hardest_neg=tf.where(has_neg, values[..., 1], nan),
         has_pos=has_pos,
         has_neg=has_neg,
-        hardest_pos_index=tf.where(has_pos, hp_idx, -1),
-        hardest_neg_index=tf.where(has_neg, hn_idx, -1),
+        hardest_pos_index=tf.where(has_pos, picks[0], -1),
+        hardest_neg_index=tf.where(has_neg, picks[1], -1),
+        **extra,
     )
 
 

@@ -65,7 +65,7 @@ class BatchEvaluator:
         def evaluate(labels: Any, x: Any, mask: Any) -> dict[str, Any]:
             out = {}
             for distance in distances:
-                anchors = core.anchor_stats(distance, labels, x, mask)
+                anchors = core.anchor_stats(distance, labels, x, mask, full=False)
                 out[distance.value] = core.batch_stats(anchors, mask)._asdict()
             return out
 

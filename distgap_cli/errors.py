@@ -1,4 +1,4 @@
-"""Named exceptions. Only the command line turns them into a message and an exit code."""
+"""Named exceptions; only the command line turns them into a message and exit code."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def batch_value(distance: Distance, statistic: tuple[str, ...]) -> Any:
     return _COMPILED[key]
 
 
-class _BatchReducedMetric(keras.metrics.Metric):
+class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,misc]
     """A per-batch statistic reduced over the batches since ``reset_state()``."""
 
     def __init__(self, distance: Any, reduction: str, name: str, **kwargs: Any):
@@ -140,7 +140,9 @@ class _BatchReducedMetric(keras.metrics.Metric):
         self.count.assign(self.count + tf.cast(valid, tf.float32))
         self.last.assign(tf.where(valid, value, self.last))
         self.low.assign(
-            tf.where(valid, tf.where(first, value, tf.minimum(self.low, value)), self.low)
+            tf.where(
+                valid, tf.where(first, value, tf.minimum(self.low, value)), self.low
+            )
         )
         self.high.assign(
             tf.where(
@@ -192,7 +194,11 @@ class DistanceGapMetric(_BatchReducedMetric):
     """
 
     def __init__(
-        self, distance: Any, name: str | None = None, reduction: str = "mean", **kwargs: Any
+        self,
+        distance: Any,
+        name: str | None = None,
+        reduction: str = "mean",
+        **kwargs: Any,
     ) -> None:
         super().__init__(distance, reduction, name or "dist_gap", **kwargs)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.measure import Measurement
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from distgap_cli.report import to_json
@@ -101,9 +101,7 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
 
 def _title(doc: dict[str, Any]) -> str:
     settings = doc["settings"]
-    return (
-        f"distance gap, batches of {settings['batch_size']} ({settings['order']})"
-    )
+    return f"distance gap, batches of {settings['batch_size']} ({settings['order']})"
 
 
 def _caption(doc: dict[str, Any]) -> list[str]:

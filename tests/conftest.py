@@ -59,7 +59,9 @@ def write_parquet(path: Path, embeddings, labels, *, emb_type=None, **kw) -> Pat
     return path
 
 
-def write_npy_pair(folder: Path, embeddings, labels, stem: str = "data") -> tuple[Path, Path]:
+def write_npy_pair(
+    folder: Path, embeddings, labels, stem: str = "data"
+) -> tuple[Path, Path]:
     """``stem.embeddings.npy`` and ``stem.labels.npy``."""
     emb_path = folder / f"{stem}.embeddings.npy"
     lab_path = folder / f"{stem}.labels.npy"

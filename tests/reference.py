@@ -53,7 +53,11 @@ def batch(name: str, labels, embeddings, mask=None) -> dict:
     with_neg = [v for v in hn if not math.isnan(v)]
     max_pos = max(with_pos) if with_pos else math.nan
     min_neg = min(with_neg) if with_neg else math.nan
-    both = [(p, q) for p, q in zip(hp, hn) if not (math.isnan(p) or math.isnan(q))]
+    both = [
+        (p, q)
+        for p, q in zip(hp, hn, strict=True)
+        if not (math.isnan(p) or math.isnan(q))
+    ]
     return {
         "hardest_pos": hp,
         "hardest_neg": hn,

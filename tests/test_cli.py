@@ -86,7 +86,9 @@ def test_c2_every_batch_degenerate_is_an_error(cli, tmp_path):
 def test_sorted_input_warns_and_shuffle_fixes_it(cli):
     out = cli("eval", TRAINED, "-b", "32", "-f", "json")
     assert "warning" not in out.stderr
-    order = np.argsort(np.load(SAMPLE_DATA / "digits_trained.labels.npy"), kind="stable")
+    order = np.argsort(
+        np.load(SAMPLE_DATA / "digits_trained.labels.npy"), kind="stable"
+    )
     # Sorting the rows by label makes most batches single-class.
     import pyarrow.parquet as pq
 
@@ -98,7 +100,9 @@ def test_sorted_input_warns_and_shuffle_fixes_it(cli):
         assert warned.exit_code == 0
         assert "batches were skipped" in warned.stderr
         assert "sorted by label; try --shuffle" in warned.stderr
-        shuffled = as_json(cli("eval", sorted_path, "-b", "32", "-f", "json", "--shuffle"))
+        shuffled = as_json(
+            cli("eval", sorted_path, "-b", "32", "-f", "json", "--shuffle")
+        )
         assert shuffled["results"][0]["batches"]["used"] == math.ceil(1797 / 32)
         assert cli("eval", sorted_path, "-b", "32", "-q").stderr == ""
     finally:
@@ -130,7 +134,9 @@ def test_gates(cli, hardneg, gate, value, code):
 
 # Shared case C12 as a gate: the gap passes, the margin catches the overlap.
 def test_c12_margin_gate_catches_overlap(cli, tmp_path):
-    rows = np.array([[0.5, 1, 0.5], [0.2, 0.8, 0.4], [0.66, 0.5, 0.34], [0.77, 0.9, 0.92]])
+    rows = np.array(
+        [[0.5, 1, 0.5], [0.2, 0.8, 0.4], [0.66, 0.5, 0.34], [0.77, 0.9, 0.92]]
+    )
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     path = write_parquet(tmp_path / "c12.parquet", rows, [1, 1, 2, 2])
     assert cli("eval", path, "--min-gap", "0.003").exit_code == 0
@@ -201,8 +207,10 @@ def test_inner_product_is_labelled_a_similarity(cli, hardneg):
     ],
 )
 def test_usage_errors_exit_2_with_one_line(cli, hardneg, args, message):
-    out = cli("eval", hardneg, "-d", "l2", *args) if args[0] != "-d" else cli(
-        "eval", hardneg, *args
+    out = (
+        cli("eval", hardneg, "-d", "l2", *args)
+        if args[0] != "-d"
+        else cli("eval", hardneg, *args)
     )
     assert out.exit_code == 2
     assert out.stdout == ""
@@ -228,7 +236,7 @@ def test_gpu_matches_cpu(cli):
     cpu = as_json(cli("eval", PIXELS, "-d", "all", "-f", "json", "--device", "cpu"))
     gpu = as_json(cli("eval", PIXELS, "-d", "all", "-f", "json", "--device", "gpu"))
     assert gpu["device"].startswith("/GPU")
-    for a, b in zip(cpu["results"], gpu["results"]):
+    for a, b in zip(cpu["results"], gpu["results"], strict=True):
         assert b["gap"]["mean"] == pytest.approx(a["gap"]["mean"], rel=1e-4, abs=1e-5)
 
 
@@ -239,7 +247,7 @@ def _close(a, b, path=""):
             _close(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _close(x, y, f"{path}[{i}]")
     elif isinstance(a, float):
         assert b == pytest.approx(a, rel=1e-5, abs=1e-6), path
@@ -251,9 +259,7 @@ def _close(a, b, path=""):
 def test_golden_json_of_the_sample_data(cli, name, monkeypatch):
     monkeypatch.chdir(ROOT)
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
-    got = as_json(
-        cli("eval", f"sample_data/{name}.parquet", "-d", "all", "-f", "json")
-    )
+    got = as_json(cli("eval", f"sample_data/{name}.parquet", "-d", "all", "-f", "json"))
     _close(golden, got)
 
 

@@ -125,7 +125,10 @@ def test_c1_hardest_negative_is_minimum(name, max_pos, min_neg, gap):
 
 
 # Shared case C2: no number for a batch without positives or negatives.
-@pytest.mark.parametrize("labels, has_pos, has_neg", [([0, 0, 0, 0], True, False), ([0, 1, 2, 3], False, True)])
+@pytest.mark.parametrize(
+    "labels, has_pos, has_neg",
+    [([0, 0, 0, 0], True, False), ([0, 1, 2, 3], False, True)],
+)
 @pytest.mark.parametrize("name", DISTANCES)
 def test_c2_degenerate_batches_have_no_gap(name, labels, has_pos, has_neg):
     x = [[0.5, 0.1], [1, 0.2], [0.3, 1], [1, 1]]
@@ -203,7 +206,9 @@ def test_snr_near_duplicates_are_guarded():
 
 # Shared case C12: the abs() hides overlap.
 def test_c12_margin_shows_overlap():
-    rows = np.array([[0.5, 1, 0.5], [0.2, 0.8, 0.4], [0.66, 0.5, 0.34], [0.77, 0.9, 0.92]])
+    rows = np.array(
+        [[0.5, 1, 0.5], [0.2, 0.8, 0.4], [0.66, 0.5, 0.34], [0.77, 0.9, 0.92]]
+    )
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     got = run("cosine", [1, 1, 2, 2], rows)
     assert got["max_pos"] == pytest.approx(0.0532150, abs=1e-6)
@@ -286,7 +291,9 @@ def test_cosine_ignores_positive_scaling(data, labels, scale):
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.data(), labels=label_lists, name=st.sampled_from(["euclidean", "manhattan"]))
+@given(
+    data=st.data(), labels=label_lists, name=st.sampled_from(["euclidean", "manhattan"])
+)
 def test_translation_changes_nothing(data, labels, name):
     x = data.draw(_embeddings(len(labels)))
     shift = np.array([250.0, -75.5, 1000.0], np.float32)

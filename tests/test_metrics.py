@@ -71,9 +71,7 @@ def test_label_shapes_and_dtypes(shape, dtype):
 
 def test_labels_must_be_one_per_row():
     with pytest.raises(ValueError, match="one label per row"):
-        DistanceGapMetric("euclidean").update_state(
-            np.zeros((4, 2), int), HARDNEG_X
-        )
+        DistanceGapMetric("euclidean").update_state(np.zeros((4, 2), int), HARDNEG_X)
 
 
 def test_sample_weight_zero_leaves_rows_out():
@@ -102,7 +100,9 @@ def test_alias_factories(factory, name, expected):
 
 
 def test_distance_metric_mining_strategies():
-    easy_pos = DistanceMetric("euclidean", aggregate="min", positive_mining_strategy="easy")
+    easy_pos = DistanceMetric(
+        "euclidean", aggregate="min", positive_mining_strategy="easy"
+    )
     assert easy_pos.name == "min_pos"
     easy_pos.update_state(HARDNEG_Y, HARDNEG_X)
     assert value(easy_pos) == pytest.approx(1.0)

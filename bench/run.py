@@ -1,0 +1,230 @@
+"""Throughput of ``distgap eval`` beside the bounds that limit it.
+
+Generates its own data (float32 embeddings, 1,000 classes) as Parquet
+``list<float32>`` and as ``.npy``, then measures in one run:
+
+* end to end: the installed ``distgap eval`` command, rows per second of wall
+  time (start-up included) and its peak RSS;
+* the reading bound: the same files read through pyarrow / numpy, nothing computed;
+* the matmul bound: the batches' Gram matrices alone, stacked into the same
+  compiled TensorFlow calls distgap makes.
+
+Each figure is the median of ``--repeat`` runs. Results are printed and written
+to ``bench/results/latest.json``.
+
+    python bench/run.py                 # 1,000,000 x 128 and 100,000 x 768
+    python bench/run.py --rows 200000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+RESULTS = HERE / "results"
+ROWS_PER_CALL = 4096
+
+
+def make_data(rows: int, dim: int) -> dict[str, Path]:
+    """Write (or reuse) the benchmark inputs of ``rows`` x ``dim``."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    stem = DATA / f"bench_{rows}x{dim}"
+    paths = {
+        "npy": Path(f"{stem}.embeddings.npy"),
+        "labels": Path(f"{stem}.labels.npy"),
+        "parquet": Path(f"{stem}.parquet"),
+    }
+    if all(p.exists() for p in paths.values()):
+        return paths
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 1000, rows)
+    centres = rng.normal(size=(1000, dim)).astype(np.float32)
+    x = centres[labels] + rng.normal(size=(rows, dim)).astype(np.float32)
+    np.save(paths["npy"], x)
+    np.save(paths["labels"], labels)
+    offsets = pa.array(np.arange(0, rows * dim + 1, dim, dtype=np.int32))
+    column = pa.ListArray.from_arrays(offsets, pa.array(x.ravel()))
+    table = pa.table({"embedding": column, "label": labels})
+    pq.write_table(table, paths["parquet"], row_group_size=65536)
+    return paths
+
+
+def median_of(repeat: int, run) -> float:
+    return statistics.median(run() for _ in range(repeat))
+
+
+def distgap_command() -> list[str]:
+    exe = Path(sys.executable).with_name("distgap")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+
+
+def end_to_end(path: Path, batch: int, repeat: int) -> dict[str, float]:
+    """Wall time and peak RSS of the real command, median of ``repeat`` runs."""
+    walls, peaks = [], []
+    for _ in range(repeat):
+        command = [
+            *distgap_command(),
+            "eval",
+            str(path),
+            "-b",
+            str(batch),
+            "-q",
+            "-f",
+            "json",
+            "--device",
+            "cpu",
+        ]
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        walls.append(time.perf_counter() - start)
+        peaks.append(usage.ru_maxrss / 1024)
+        if status != 0:
+            raise SystemExit(f"{' '.join(command)} failed ({status})")
+    return {"seconds": statistics.median(walls), "peak_rss_mb": max(peaks)}
+
+
+def read_only(paths: dict[str, Path], kind: str) -> float:
+    """Seconds to read every embedding into float32 blocks, nothing computed."""
+    start = time.perf_counter()
+    if kind == "npy":
+        x = np.load(paths["npy"], mmap_mode="r")
+        for i in range(0, len(x), 65536):
+            np.asarray(x[i : i + 65536], dtype=np.float32).sum()
+    else:
+        pf = pq.ParquetFile(paths["parquet"])
+        for batch in pf.iter_batches(batch_size=65536):
+            col = batch.column(0)
+            col.values.to_numpy().reshape(len(col), -1).sum()
+    return time.perf_counter() - start
+
+
+def matmul_only(rows: int, dim: int, batch: int, repeat: int) -> float:
+    """Seconds for the Gram matrices of every batch, stacked as distgap stacks."""
+    from distgap_cli.backend import tensorflow
+
+    tf = tensorflow()
+    k = max(1, ROWS_PER_CALL // batch)
+    x = tf.constant(np.random.default_rng(1).normal(size=(k, batch, dim)), tf.float32)
+    gram = tf.function(lambda x: tf.linalg.matmul(x, x, transpose_b=True))
+    calls = -(-rows // (k * batch))
+    with tf.device("/CPU:0"):
+        gram(x).numpy()
+
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(calls):
+                gram(x).numpy()
+            return time.perf_counter() - start
+
+        return median_of(repeat, run)
+
+
+def startup(repeat: int) -> float:
+    """Seconds ``distgap eval`` takes on four rows: import, trace, report."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    tiny = DATA / "tiny.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "embedding": pa.array([[0.0, 1], [1, 0], [3, 1], [10, 0]]),
+                "label": [0, 0, 1, 1],
+            }
+        ),
+        tiny,
+    )
+    return statistics.median(end_to_end(tiny, 4, 1)["seconds"] for _ in range(repeat))
+
+
+def help_time(repeat: int) -> float:
+    def run() -> float:
+        start = time.perf_counter()
+        subprocess.run([*distgap_command(), "--help"], stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    return median_of(repeat, run)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--wide-rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    report: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "repeat": args.repeat,
+        "help_seconds": help_time(args.repeat),
+        "startup_seconds": startup(args.repeat),
+        "runs": [],
+    }
+    for rows, dim, batches in (
+        (args.rows, 128, (256, 1024)),
+        (args.wide_rows, 768, (256,)),
+    ):
+        paths = make_data(rows, dim)
+        reading = {
+            k: median_of(args.repeat, lambda k=k, p=paths: read_only(p, k))
+            for k in ("npy", "parquet")
+        }
+        for batch in batches:
+            bound = matmul_only(rows, dim, batch, args.repeat)
+            for kind in ("npy", "parquet"):
+                measured = end_to_end(paths[kind], batch, args.repeat)
+                entry = {
+                    "rows": rows,
+                    "dim": dim,
+                    "batch": batch,
+                    "input": kind,
+                    "end_to_end_rows_per_s": rows / measured["seconds"],
+                    "peak_rss_mb": measured["peak_rss_mb"],
+                    "read_only_rows_per_s": rows / reading[kind],
+                    "matmul_only_rows_per_s": rows / bound,
+                }
+                entry["ratio_to_matmul"] = (
+                    entry["end_to_end_rows_per_s"] / entry["matmul_only_rows_per_s"]
+                )
+                entry["ratio_to_read"] = (
+                    entry["end_to_end_rows_per_s"] / entry["read_only_rows_per_s"]
+                )
+                report["runs"].append(entry)
+                print(
+                    f"{rows:>9,} x {dim:<4} batch {batch:<5} {kind:<8}"
+                    f" {entry['end_to_end_rows_per_s']:>10,.0f} rows/s"
+                    f"  peak {entry['peak_rss_mb']:>6,.0f} MB"
+                    f"  matmul bound {entry['matmul_only_rows_per_s']:>10,.0f}"
+                    f" ({entry['ratio_to_matmul']:.0%})"
+                    f"  read bound {entry['read_only_rows_per_s']:>10,.0f}"
+                    f" ({entry['ratio_to_read']:.0%})",
+                    flush=True,
+                )
+    print(
+        f"distgap --help {report['help_seconds']:.2f} s; "
+        f"start-up on 4 rows {report['startup_seconds']:.2f} s"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "latest.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
