@@ -9,6 +9,7 @@ labels and row indices (16 bytes a row), not by the embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -84,17 +85,21 @@ class Spill:
     """Every row of an input, embeddings in a temporary memory-mapped file."""
 
     def __init__(self, blocks: Iterable[Block]) -> None:
-        handle = tempfile.NamedTemporaryFile(prefix="distgap-spill-", delete=False)
-        self.path = handle.name
         labels, rows, files = [], [], []
         dim = 0
-        with handle:
-            for block in blocks:
-                dim = block.embeddings.shape[1]
-                handle.write(np.ascontiguousarray(block.embeddings).tobytes())
-                labels.append(block.labels)
-                rows.append(block.rows)
-                files.append(np.full(len(block.labels), block.file, dtype=np.int32))
+        with tempfile.NamedTemporaryFile(prefix="distgap-spill-", delete=False) as f:
+            self.path = f.name
+            try:
+                for block in blocks:
+                    dim = block.embeddings.shape[1]
+                    f.write(np.ascontiguousarray(block.embeddings).tobytes())
+                    labels.append(block.labels)
+                    rows.append(block.rows)
+                    files.append(np.full(len(block.labels), block.file, np.int32))
+            except BaseException:
+                # Reading failed (bad input, Ctrl-C): nobody will close this spill.
+                self.close()
+                raise
         self.labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
         self.rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
         self.files = np.concatenate(files) if files else np.empty(0, np.int32)
@@ -118,10 +123,8 @@ class Spill:
     def close(self) -> None:
         """Delete the temporary file."""
         self.embeddings = np.empty((0, 0), np.float32)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
 
 
 def shuffled(spill: Spill, batch_size: int, seed: int) -> Iterator[Batch]:

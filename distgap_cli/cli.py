@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from distgap_cli import __version__, render
 from distgap_cli.backend import parse_device
@@ -62,7 +63,7 @@ def _reporting_errors() -> Iterator[None]:
     try:
         yield
     except DistgapError as exc:
-        _err_console().print(f"[bold red]error:[/] {exc}", markup=True, emoji=False)
+        _err_console().print(f"[bold red]error:[/] {escape(str(exc))}", emoji=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -229,15 +230,19 @@ def eval_command(
 
         if not quiet:
             for warning in result.warnings:
-                err.print(f"[yellow]warning:[/] {warning}", markup=True)
+                err.print(f"[yellow]warning:[/] {escape(warning)}", emoji=False)
             if reader.dropped:
                 parts = ", ".join(f"{n} {why}" for why, n in reader.dropped.items())
                 total = sum(reader.dropped.values())
-                err.print(f"dropped {total} invalid row(s): {parts}", markup=False)
+                err.print(
+                    f"dropped {total} invalid row(s): {parts}",
+                    markup=False,
+                    emoji=False,
+                )
         _emit(doc, output_format, output)
         failures = report.failed_gates(doc)
         for line in failures:
-            err.print(f"[bold red]{line}[/]", markup=True)
+            err.print(f"[bold red]{escape(line)}[/]", emoji=False)
         if failures:
             raise typer.Exit(EXIT_GATE_FAILED)
 

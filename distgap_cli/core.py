@@ -158,6 +158,64 @@ def _needs_refinement(distance: Distance) -> bool:
     return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
 
 
+def _ranking(distance: Distance, x: Any, mask: Any) -> Any:
+    """A ``[K, B, B]`` matrix ordered like the distances along each anchor's row.
+
+    Cheaper than :func:`pairwise`: terms constant along a row (the anchor's own
+    norm, the snr denominator) and monotone maps (square root, ``1 - x``) are left
+    out, because only which candidate is hardest matters here; the values of the
+    picked pairs are measured directly afterwards.
+    """
+    z, _ = _prepared(distance, x, mask)
+    if distance is Distance.COSINE:
+        return -tf.linalg.matmul(z, z, transpose_b=True)
+    if distance in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN, Distance.SNR):
+        if distance is Distance.SNR:
+            z = z - _masked_mean(z, mask)
+        sq = tf.reduce_sum(z * z, axis=-1)
+        return sq[:, None, :] - tf.linalg.matmul(2.0 * z, z, transpose_b=True)
+    return pairwise(distance, x, mask)
+
+
+def _hardest_only(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorStats:
+    """The hardest positive and negative of every anchor, in as few passes over
+    the ``[K, B, B]`` matrix as possible (the command line's hot path)."""
+    ranking = _ranking(distance, x, mask)
+    inf = tf.constant(float("inf"), ranking.dtype)
+
+    # Candidates that are absent (padding, weight 0) or the anchor itself lose.
+    absent = tf.where(mask, 0.0, inf)[:, None, :]
+    same = tf.equal(labels[:, :, None], labels[:, None, :])
+    pos_scores = tf.where(same, ranking, -inf) - absent
+    pos_scores = tf.linalg.set_diag(pos_scores, -inf * tf.ones_like(ranking[:, 0]))
+    neg_scores = tf.where(same, inf, ranking) + absent
+    hp_idx = tf.argmax(pos_scores, axis=-1, output_type=tf.int32)
+    hn_idx = tf.argmin(neg_scores, axis=-1, output_type=tf.int32)
+    has_pos = mask & (tf.gather(pos_scores, hp_idx, batch_dims=2) > -inf)
+    has_neg = mask & (tf.gather(neg_scores, hn_idx, batch_dims=2) < inf)
+
+    picks = tf.stack([hp_idx, hn_idx], axis=-1)
+    if _needs_refinement(distance):
+        _, rows = _prepared(distance, x, mask)
+        partners = tf.gather(rows, picks, batch_dims=1)
+        values = _direct(distance, rows[:, :, None, :], partners)
+    else:
+        values = tf.gather(ranking, picks, batch_dims=2)
+    nan = tf.constant(float("nan"), ranking.dtype)
+    return AnchorStats(
+        hardest_pos=tf.where(has_pos, values[..., 0], nan),
+        hardest_neg=tf.where(has_neg, values[..., 1], nan),
+        easiest_pos=None,
+        easiest_neg=None,
+        mean_pos=None,
+        mean_neg=None,
+        has_pos=has_pos,
+        has_neg=has_neg,
+        hardest_pos_index=tf.where(has_pos, hp_idx, -1),
+        hardest_neg_index=tf.where(has_neg, hn_idx, -1),
+    )
+
+
 def anchor_stats(
     distance: Distance, labels: Any, x: Any, mask: Any, *, full: bool = True
 ) -> AnchorStats:
@@ -176,6 +234,8 @@ def anchor_stats(
     """
     if x.dtype in (tf.float16, tf.bfloat16):
         x = tf.cast(x, tf.float32)
+    if not full:
+        return _hardest_only(distance, labels, x, mask)
     matrix = pairwise(distance, x, mask)
 
     # Masks: a pair needs both rows present; a positive pair needs two rows.
@@ -193,10 +253,9 @@ def anchor_stats(
     picks = [
         tf.argmax(tf.where(pos, matrix, -inf), axis=-1, output_type=tf.int32),
         tf.argmin(tf.where(neg, matrix, inf), axis=-1, output_type=tf.int32),
+        tf.argmin(tf.where(pos, matrix, inf), axis=-1, output_type=tf.int32),
+        tf.argmax(tf.where(neg, matrix, -inf), axis=-1, output_type=tf.int32),
     ]
-    if full:
-        picks.append(tf.argmin(tf.where(pos, matrix, inf), -1, output_type=tf.int32))
-        picks.append(tf.argmax(tf.where(neg, matrix, -inf), -1, output_type=tf.int32))
     stacked = tf.stack(picks, axis=-1)
     if _needs_refinement(distance):
         _, rows = _prepared(distance, x, mask)
@@ -207,28 +266,21 @@ def anchor_stats(
 
     # Anchors without a positive (or negative) get NaN, never a fallback number.
     nan = tf.constant(float("nan"), matrix.dtype)
-    extra: dict[str, Any] = dict.fromkeys(
-        ("easiest_pos", "easiest_neg", "mean_pos", "mean_neg")
-    )
-    if full:
-        n_pos = tf.reduce_sum(tf.cast(pos, matrix.dtype), axis=-1)
-        n_neg = tf.reduce_sum(tf.cast(neg, matrix.dtype), axis=-1)
-        sum_pos = tf.reduce_sum(tf.where(pos, matrix, 0.0), axis=-1)
-        sum_neg = tf.reduce_sum(tf.where(neg, matrix, 0.0), axis=-1)
-        extra = {
-            "easiest_pos": tf.where(has_pos, values[..., 2], nan),
-            "easiest_neg": tf.where(has_neg, values[..., 3], nan),
-            "mean_pos": tf.where(has_pos, sum_pos / tf.maximum(n_pos, 1.0), nan),
-            "mean_neg": tf.where(has_neg, sum_neg / tf.maximum(n_neg, 1.0), nan),
-        }
+    n_pos = tf.reduce_sum(tf.cast(pos, matrix.dtype), axis=-1)
+    n_neg = tf.reduce_sum(tf.cast(neg, matrix.dtype), axis=-1)
+    sum_pos = tf.reduce_sum(tf.where(pos, matrix, 0.0), axis=-1)
+    sum_neg = tf.reduce_sum(tf.where(neg, matrix, 0.0), axis=-1)
     return AnchorStats(
         hardest_pos=tf.where(has_pos, values[..., 0], nan),
         hardest_neg=tf.where(has_neg, values[..., 1], nan),
+        easiest_pos=tf.where(has_pos, values[..., 2], nan),
+        easiest_neg=tf.where(has_neg, values[..., 3], nan),
+        mean_pos=tf.where(has_pos, sum_pos / tf.maximum(n_pos, 1.0), nan),
+        mean_neg=tf.where(has_neg, sum_neg / tf.maximum(n_neg, 1.0), nan),
         has_pos=has_pos,
         has_neg=has_neg,
         hardest_pos_index=tf.where(has_pos, picks[0], -1),
         hardest_neg_index=tf.where(has_neg, picks[1], -1),
-        **extra,
     )
 
 

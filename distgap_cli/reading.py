@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ class _Check:
     reason: str
     mask: np.ndarray
     describe: Callable[[int], tuple[str, str | None, str | None]]
+    for_distance: bool = False
 
 
 def _first(mask: np.ndarray) -> int:
@@ -130,13 +132,19 @@ def _type_family(arrow_type: pa.DataType) -> str:
     return str(arrow_type)
 
 
+def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The type an extension type (such as ``arrow.fixed_shape_tensor``) stores."""
+    if isinstance(arrow_type, pa.BaseExtensionType):
+        return arrow_type.storage_type
+    return arrow_type
+
+
 def _list_storage(column: pa.Array) -> pa.Array:
-    return column.storage if isinstance(column.type, pa.ExtensionType) else column
+    return column.storage if isinstance(column.type, pa.BaseExtensionType) else column
 
 
 def _is_vector_type(arrow_type: pa.DataType) -> bool:
-    if isinstance(arrow_type, pa.ExtensionType):
-        arrow_type = arrow_type.storage_type
+    arrow_type = _storage_type(arrow_type)
     return (
         pa.types.is_list(arrow_type)
         or pa.types.is_large_list(arrow_type)
@@ -333,12 +341,7 @@ class Reader:
                     fix="store one list<float32> per row, or use --embedding-prefix "
                     "for scalar columns",
                 )
-            storage = (
-                emb_type.storage_type
-                if isinstance(emb_type, pa.ExtensionType)
-                else emb_type
-            )
-            value_type = storage.value_type
+            value_type = _storage_type(emb_type).value_type
             if not (
                 pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
             ):
@@ -360,7 +363,7 @@ class Reader:
                 )
             label = opts.label_column
         else:
-            by_name = [n for n in LABEL_NAMES for c in candidates if c.lower() == n]
+            by_name = [c for n in LABEL_NAMES for c in candidates if c.lower() == n]
             scalar = [
                 f.name
                 for f in schema
@@ -372,7 +375,8 @@ class Reader:
                 label = scalar[0]
             else:
                 raise InputError(
-                    f"cannot tell which column holds the labels; columns are: {listing}",
+                    "cannot tell which column holds the labels; columns are: "
+                    f"{listing}",
                     file=source.name,
                     fix="pass --label-column NAME",
                 )
@@ -444,7 +448,7 @@ class Reader:
         row0: int,
         checks: list[_Check],
     ) -> np.ndarray:
-        """``[n, d]`` values of a list column; invalid rows are flagged in ``checks``."""
+        """``[n, d]`` values of a list column; invalid rows flagged in ``checks``."""
         column = _list_storage(column)
         n = len(column)
         if pa.types.is_fixed_size_list(column.type):
@@ -466,6 +470,15 @@ class Reader:
                 lambda i: ("embedding is null", name, _SKIP_HINT),
             )
         )
+        empty = ok & (lengths == 0)
+        checks.append(
+            _Check(
+                "empty embedding",
+                empty,
+                lambda i: ("embedding is empty (0 values)", name, _SKIP_HINT),
+            )
+        )
+        ok &= ~empty
 
         # The dimension is set by the first valid row of the first file.
         if self.dim is None and ok.any():
@@ -535,6 +548,13 @@ class Reader:
         if self.dim is None:
             self.dim = len(names)
             self._dim_origin = (source.name, row0)
+        elif len(names) != self.dim:
+            origin = self._dim_origin[0] if self._dim_origin else "the first file"
+            raise InputError(
+                f"embeddings have dimension {len(names)} but {origin} has {self.dim}",
+                file=source.name,
+                fix="evaluate one model's embeddings at a time",
+            )
         values = np.empty((n, len(names)), dtype=np.float32)
         null = np.zeros(n, bool)
         for j, col in enumerate(names):
@@ -542,7 +562,8 @@ class Reader:
             if arr.null_count:
                 null |= arr.is_null().to_numpy(zero_copy_only=False)
                 arr = pc.fill_null(arr, pa.scalar(0, arr.type))
-            values[:, j] = arr.to_numpy(zero_copy_only=False)
+            with np.errstate(over="ignore"):  # inf, caught in _as_float32
+                values[:, j] = arr.to_numpy(zero_copy_only=False)
         checks.append(
             _Check(
                 "null value inside embedding",
@@ -560,7 +581,8 @@ class Reader:
         self, values: np.ndarray, ok: np.ndarray, name: str, checks: list[_Check]
     ) -> np.ndarray:
         """Convert to float32 and flag non-finite rows and rows the distance rejects."""
-        out = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, caught below
+            out = np.asarray(values, dtype=np.float32)
         finite = np.isfinite(out).all(axis=1)
         bad = ok & ~finite
         checks.append(
@@ -588,6 +610,7 @@ class Reader:
                         "drop the row, pass --on-invalid skip, or choose another "
                         "--distance",
                     ),
+                    for_distance=True,
                 )
             )
             ok = ok & ~zero
@@ -604,6 +627,7 @@ class Reader:
                         "drop the row, pass --on-invalid skip, or choose another "
                         "--distance",
                     ),
+                    for_distance=True,
                 )
             )
         return out
@@ -631,15 +655,17 @@ class Reader:
         )
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             self._label_kind("string", source, name)
-            encoded = pc.dictionary_encode(pc.fill_null(column, ""))
+            # Null labels stay out of the mapping; their rows are flagged above.
+            encoded = pc.dictionary_encode(column)
             ids = self.label_map.encode_strings(encoded.dictionary.to_pylist())
-            return ids[encoded.indices.to_numpy(zero_copy_only=False)]
+            index = pc.fill_null(encoded.indices, len(ids))
+            return np.append(ids, -1)[index.to_numpy(zero_copy_only=False)]
         if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
             self._label_kind("integer", source, name)
             if column.null_count:
                 column = pc.fill_null(column, pa.scalar(0, t))
             raw = column.to_numpy(zero_copy_only=False)
-            return self._integer_labels(raw, name, checks, null)
+            return self._integer_labels(raw, name, checks, null, source.name)
         raise InputError(
             f"labels are {t}; expected integers, booleans or strings",
             file=source.name,
@@ -647,17 +673,24 @@ class Reader:
         )
 
     def _integer_labels(
-        self, raw: np.ndarray, name: str, checks: list[_Check], null: np.ndarray
+        self,
+        raw: np.ndarray,
+        name: str,
+        checks: list[_Check],
+        null: np.ndarray,
+        file: str,
     ) -> np.ndarray:
         if raw.dtype.kind == "f":
-            whole = np.isfinite(raw) & (np.floor(raw) == raw)
+            # 2**63 is the first float past the int64 range.
+            whole = np.isfinite(raw) & (np.floor(raw) == raw) & (abs(raw) < 2.0**63)
             bad = ~whole & ~null
             checks.append(
                 _Check(
                     "label not a whole number",
                     bad,
                     lambda i: (
-                        f"label {raw[i]!r} is not a whole number",
+                        f"label {float(raw[i])!r} is not a whole number in the "
+                        "int64 range",
                         name,
                         "labels must be class ids (integers or strings)",
                     ),
@@ -666,7 +699,10 @@ class Reader:
             return np.where(whole, raw, 0).astype(np.int64)
         if raw.dtype == np.uint64 and raw.size and raw.max() > np.iinfo(np.int64).max:
             raise InputError(
-                "labels exceed the int64 range", column=name, fix="renumber the classes"
+                "labels exceed the int64 range",
+                file=file,
+                column=name,
+                fix="renumber the classes",
             )
         return raw.astype(np.int64)
 
@@ -735,30 +771,19 @@ class Reader:
             raise InputError(
                 f"cannot be read as .npz ({exc})", file=source.name, fix="re-save it"
             ) from None
-        emb_name = self._pick_array(
-            names,
-            self.options.embedding_column,
-            NPZ_EMBEDDING_NAMES,
-            source,
-            "embeddings",
-        )
-        label_name = self._pick_array(
-            names, self.options.label_column, NPZ_LABEL_NAMES, source, "labels"
-        )
-        try:
-            embeddings = archive[emb_name]
-            labels = archive[label_name]
-        except ValueError:
-            raise InputError(
-                "holds object arrays, which distgap refuses to load (they need "
-                "pickling)",
-                file=source.name,
-                fix="save plain numeric arrays",
-            ) from None
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise InputError(
-                f"is truncated or corrupt ({exc})", file=source.name
-            ) from None
+        with archive:
+            emb_name = self._pick_array(
+                names,
+                self.options.embedding_column,
+                NPZ_EMBEDDING_NAMES,
+                source,
+                "embeddings",
+            )
+            label_name = self._pick_array(
+                names, self.options.label_column, NPZ_LABEL_NAMES, source, "labels"
+            )
+            embeddings = _npz_array(archive, emb_name, source.name)
+            labels = _npz_array(archive, label_name, source.name)
         yield from self._array_blocks(
             index, source, embeddings, labels, f"{source.name}:{label_name}"
         )
@@ -798,9 +823,14 @@ class Reader:
         labels_name: str,
     ) -> Iterator[Block]:
         name = source.name
-        if embeddings.dtype.kind not in "fiub" or embeddings.ndim != 2:
+        if (
+            embeddings.dtype.kind not in "fiub"
+            or embeddings.ndim != 2
+            or embeddings.shape[1] == 0
+        ):
             raise InputError(
-                f"embeddings must be a 2-D numeric array; got shape "
+                "embeddings must be a 2-D numeric array with at least one column; "
+                f"got shape "
                 f"{embeddings.shape} of {embeddings.dtype}",
                 file=name,
                 fix="save an array of shape (rows, dimension)",
@@ -815,7 +845,8 @@ class Reader:
             )
         if len(labels) != len(embeddings):
             raise InputError(
-                f"{len(embeddings)} rows of embeddings but {len(labels)} labels",
+                f"{len(embeddings)} rows of embeddings but {len(labels)} labels in "
+                f"{labels_name}",
                 file=name,
                 fix="save one label per embedding row",
             )
@@ -854,11 +885,19 @@ class Reader:
             raw = np.asarray(labels[start : start + n])
             if kind == "string":
                 texts = raw.astype(str)
-                uniq, inverse = np.unique(texts, return_inverse=True)
-                ids = self.label_map.encode_strings(list(uniq))[inverse]
+                # Ids in order of first appearance, as for Arrow labels.
+                uniq, first, inverse = np.unique(
+                    texts, return_index=True, return_inverse=True
+                )
+                order = np.argsort(first)
+                ids = np.empty(len(uniq), np.int64)
+                ids[order] = self.label_map.encode_strings(list(uniq[order]))
+                ids = ids[inverse]
             else:
                 native = raw.astype(raw.dtype.newbyteorder("="))
-                ids = self._integer_labels(native, "labels", checks, np.zeros(n, bool))
+                ids = self._integer_labels(
+                    native, "labels", checks, np.zeros(n, bool), labels_name
+                )
             yield self._settle(index, source, values, ids, row0, checks, "embeddings")
 
     # Invalid rows -----------------------------------------------------------------
@@ -873,12 +912,17 @@ class Reader:
         checks: list[_Check],
         column: str,
     ) -> Block:
-        """Raise for the first invalid row, or drop invalid rows and count them."""
+        """Raise for the first invalid row, or drop invalid rows and count them.
+
+        A broken value (null, NaN, wrong length, bad label) is reported before a
+        row that only the chosen distance rejects (a zero vector for cosine), so
+        that the message points at the data that needs re-exporting.
+        """
         n = len(labels)
         invalid = np.zeros(n, bool)
         found = [c for c in checks if c.mask.any()]
         if found and self.options.on_invalid == "error":
-            check = min(found, key=lambda c: _first(c.mask))
+            check = min(found, key=lambda c: (c.for_distance, _first(c.mask)))
             i = _first(check.mask)
             problem, col, fix = check.describe(i)
             raise InputError(
@@ -893,6 +937,48 @@ class Reader:
             keep = ~invalid
             values, labels, rows = values[keep], labels[keep], rows[keep]
         return Block(np.ascontiguousarray(values), labels, rows, index)
+
+
+def _npy_header(handle: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from the .npy header ``handle`` is at."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(handle)
+        return np.lib.format.read_array_header_2_0(handle)
+    except ValueError as exc:
+        raise InputError(
+            f"not a valid .npy file ({exc})",
+            file=name,
+            fix="re-save it with numpy.save",
+        ) from None
+
+
+def _refuse_objects(dtype: np.dtype, name: str) -> None:
+    if dtype.hasobject:
+        raise InputError(
+            "holds an object array, which distgap refuses to load (it needs "
+            "pickling, which can run arbitrary code)",
+            file=name,
+            fix="save a plain numeric array, e.g. np.save(path, np.asarray(x, "
+            "dtype=np.float32))",
+        )
+
+
+def _npz_array(archive: Any, key: str, name: str) -> np.ndarray:
+    """One array of an open .npz, its header checked before anything is loaded."""
+    where = f"{name}:{key}"
+    try:
+        with archive.zip.open(f"{key}.npy") as member:
+            _, _, dtype = _npy_header(member, where)
+        _refuse_objects(dtype, where)
+        return archive[key]
+    except KeyError:
+        raise InputError(
+            "is not a .npy array", file=where, fix="save it with numpy.savez"
+        ) from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"is truncated or corrupt ({exc})", file=where) from None
 
 
 def map_npy(
@@ -917,26 +1003,11 @@ def map_npy(
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            shape, fortran, dtype = _npy_header(handle, name)
             data_start = handle.tell()
-    except ValueError as exc:
-        raise InputError(
-            f"not a valid .npy file ({exc})",
-            file=name,
-            fix="re-save it with numpy.save",
-        ) from None
-    if dtype.hasobject:
-        raise InputError(
-            "holds an object array, which distgap refuses to load (it needs "
-            "pickling, which can run arbitrary code)",
-            file=name,
-            fix="save a plain numeric array, e.g. np.save(path, np.asarray(x, "
-            "dtype=np.float32))",
-        )
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror})", file=name) from None
+    _refuse_objects(dtype, name)
     count = int(np.prod(shape, dtype=np.int64))
     end = data_start + count * dtype.itemsize
     if end > size:

@@ -7,13 +7,15 @@ its name. Standard input (``-``) is sniffed the same way.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import os
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from distgap_cli.errors import InputError
 
@@ -40,6 +42,14 @@ _FORMAT_NAMES = {
     ARROW_STREAM: "Arrow IPC stream",
     NPY: ".npy",
     NPZ: ".npz",
+}
+# What a file's name promises, in words.
+_PROMISES = {
+    PARQUET: "a Parquet file",
+    ARROW_FILE: "an Arrow IPC file",
+    ARROW_STREAM: "an Arrow IPC stream",
+    NPY: "a .npy file",
+    NPZ: "a .npz file",
 }
 
 STDIN = "<stdin>"
@@ -139,7 +149,7 @@ def _check_kind(name: str, head: bytes) -> str:
     kind = sniff(head)
     promised = _SUFFIXES.get(os.path.splitext(name)[1].lower())
     if kind is None:
-        what = f"a {_FORMAT_NAMES[promised[0]]} file" if promised else "a known format"
+        what = _PROMISES[promised[0]] if promised else "a known format"
         raise InputError(
             f"not {what}: its first bytes are {head[:8]!r}",
             file=name,
@@ -147,8 +157,7 @@ def _check_kind(name: str, head: bytes) -> str:
         )
     if promised and kind not in promised:
         raise InputError(
-            f"named like a {_FORMAT_NAMES[promised[0]]} file but holds "
-            f"{_FORMAT_NAMES[kind]} data",
+            f"named like {_PROMISES[promised[0]]} but holds {_FORMAT_NAMES[kind]} data",
             file=name,
             fix="rename the file or re-export it",
         )
@@ -158,25 +167,80 @@ def _check_kind(name: str, head: bytes) -> str:
 def discover(paths: list[str]) -> list[Source]:
     """Expand ``paths`` into sources in read order: each path's files sorted.
 
+    A ``NAME.labels.npy`` found next to ``NAME.embeddings.npy`` (or ``NAME.npy``)
+    holds that file's labels and is not read as an input of its own.
+
     Raises:
         InputError: for a missing path, an empty directory or glob, an empty or
             unrecognised file, or a file whose content contradicts its name.
     """
     sources: list[Source] = []
-    for given in paths:
-        if given == "-":
-            sources.append(_stdin_source())
-            continue
-        for path, partition in _expand(given):
-            kind = _check_kind(path, _read_head(path))
-            sources.append(Source(path, path, kind, partition))
-    return sources
+    try:
+        for given in paths:
+            if given == "-":
+                sources.append(_stdin_source())
+                continue
+            for path, partition in _expand(given):
+                kind = _check_kind(path, _read_head(path))
+                sources.append(Source(path, path, kind, partition))
+    except BaseException:
+        release(sources)
+        raise
+    return _without_paired_labels(sources)
+
+
+def _without_paired_labels(sources: list[Source]) -> list[Source]:
+    """Drop the ``.labels.npy`` files whose embeddings file is among ``sources``."""
+    npy = {s.path for s in sources if s.kind == NPY}
+
+    def paired(source: Source) -> bool:
+        if source.kind != NPY or not source.path.endswith(".labels.npy"):
+            return False
+        stem = source.path[: -len(".labels.npy")]
+        return f"{stem}.embeddings.npy" in npy or f"{stem}.npy" in npy
+
+    return [s for s in sources if not paired(s)]
+
+
+class _Replay(io.RawIOBase):
+    """A stream that gives back the bytes already read from it, then the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            data, self._head = self._head[: len(buffer)], self._head[len(buffer) :]
+        else:
+            # read1: what the pipe holds now, rather than waiting for a full buffer.
+            read = getattr(self._rest, "read1", self._rest.read)
+            data = read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _read_head_of(stream: BinaryIO) -> bytes:
+    """Up to 8 bytes, however short the reads of a pipe are."""
+    head = b""
+    while len(head) < 8:
+        chunk = stream.read(8 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
 
 
 def _stdin_source() -> Source:
     """Sniff standard input; spool formats that need seeking to a temporary file."""
     stream = sys.stdin.buffer
-    head = stream.peek(8)[:8] if hasattr(stream, "peek") else b""
+    # Read the head rather than peek at it: a pipe may hand over fewer bytes than
+    # asked for, and a test runner's stdin cannot peek at all.
+    head = _read_head_of(stream)
     if not head:
         raise InputError(
             "standard input is empty",
@@ -185,9 +249,10 @@ def _stdin_source() -> Source:
         )
     kind = _check_kind(STDIN, head)
     if kind == ARROW_STREAM:
-        return Source(STDIN, STDIN, kind, stream=stream)
-    spool = tempfile.NamedTemporaryFile(prefix="distgap-stdin-", delete=False)
-    with spool:
+        replay = io.BufferedReader(_Replay(head, stream), 1 << 20)
+        return Source(STDIN, STDIN, kind, stream=replay)
+    with tempfile.NamedTemporaryFile(prefix="distgap-stdin-", delete=False) as spool:
+        spool.write(head)
         shutil.copyfileobj(stream, spool, 1 << 20)
     return Source(STDIN, spool.name, kind)
 
@@ -196,7 +261,5 @@ def release(sources: list[Source]) -> None:
     """Delete the spool files made for standard input."""
     for source in sources:
         if source.name == STDIN and source.path != STDIN:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(source.path)
-            except OSError:
-                pass
