@@ -7,6 +7,9 @@ function is traced once per run and the per-call overhead is shared.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,26 +87,77 @@ class BatchEvaluator:
 
 
 def _stacks(
-    batches: Iterator[batching.Batch], batch_size: int, dim: int, k: int
+    batches: Iterator[batching.Batch], batch_size: int, k: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """Group batches into padded ``[k, batch_size]`` stacks; yields the real count."""
+    """Group batches into padded ``[k, batch_size]`` stacks; yields the real count.
+
+    Each stack is a fresh set of arrays, so a consumer may hold on to it.
+    """
+    stack: list[batching.Batch] = []
+    for batch in batches:
+        stack.append(batch)
+        if len(stack) == k:
+            yield _pack(stack, batch_size, k)
+            stack = []
+    if stack:
+        yield _pack(stack, batch_size, k)
+
+
+def _pack(
+    stack: list[batching.Batch], batch_size: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    dim = stack[0].embeddings.shape[1]
     labels = np.zeros((k, batch_size), np.int64)
     x = np.zeros((k, batch_size, dim), np.float32)
     mask = np.zeros((k, batch_size), bool)
-    filled = 0
-    for batch in batches:
+    for i, batch in enumerate(stack):
         n = len(batch.labels)
-        labels[filled, :n] = batch.labels
-        x[filled, :n] = batch.embeddings
-        mask[filled, :n] = True
-        mask[filled, n:] = False
-        filled += 1
-        if filled == k:
-            yield labels, x, mask, filled
-            filled = 0
-    if filled:
-        mask[filled:] = False
-        yield labels, x, mask, filled
+        labels[i, :n] = batch.labels
+        x[i, :n] = batch.embeddings
+        mask[i, :n] = True
+    return labels, x, mask, len(stack)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
+    """Run ``items`` on a background thread, ``depth`` items ahead.
+
+    Reading and batching then overlap the compiled calls, which release the GIL.
+    An exception raised while producing is re-raised here, in order.
+    """
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put((item, None))
+        except BaseException as exc:  # handed to the consumer, not swallowed
+            slots.put((None, exc))
+            return
+        slots.put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="distgap-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        # Unblock a producer waiting on a full queue, then let it finish.
+        while worker.is_alive():
+            with contextlib.suppress(queue.Empty):
+                slots.get(timeout=0.05)
+        worker.join()
 
 
 def evaluate(
@@ -143,7 +197,8 @@ def evaluate(
         dim = first.embeddings.shape[1]
         evaluator = BatchEvaluator(settings.distances, settings.device)
         chained = _prepend(first, batches)
-        for labels, x, mask, real in _stacks(chained, settings.batch_size, dim, k):
+        stacks = prefetch(_stacks(chained, settings.batch_size, k))
+        for labels, x, mask, real in stacks:
             stats = evaluator(labels, x, mask)
             for distance, values in stats.items():
                 accumulators[distance].add_batches(

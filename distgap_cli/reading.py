@@ -16,6 +16,8 @@ that are null or not whole numbers. Each problem either stops the run with an
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import zipfile
 import zlib
@@ -224,11 +226,16 @@ class Reader:
         name = source.name
         try:
             if source.kind == src.PARQUET:
-                parquet = pq.ParquetFile(source.path)
+                # One row group at a time and without pre-buffering: iterating a
+                # whole file with pre-buffering keeps every row group read so far.
+                parquet = pq.ParquetFile(source.path, pre_buffer=False)
                 columns = self._columns_for(parquet.schema_arrow, source)
-                size = max(1024, _BLOCK_VALUES // max(self._guess_dim(parquet), 1))
+                size = max(1024, _BLOCK_VALUES // (self.dim or 1024))
                 wanted = [c for c in columns if c in parquet.schema_arrow.names]
-                yield from parquet.iter_batches(batch_size=size, columns=wanted)
+                for group in range(parquet.num_row_groups):
+                    yield from parquet.iter_batches(
+                        batch_size=size, columns=wanted, row_groups=[group]
+                    )
             elif source.kind == src.ARROW_FILE:
                 reader = pa.ipc.open_file(pa.memory_map(source.path))
                 self._columns_for(reader.schema, source)
@@ -244,9 +251,6 @@ class Reader:
                 file=name,
                 fix="re-export the file",
             ) from None
-
-    def _guess_dim(self, parquet: pq.ParquetFile) -> int:
-        return self.dim or 1024
 
     def _arrow_blocks(self, index: int, source: src.Source) -> Iterator[Block]:
         columns: tuple[list[str], str] | None = None
@@ -882,6 +886,7 @@ class Reader:
             checks: list[_Check] = []
             chunk = np.asarray(embeddings[start : start + n])
             values = self._as_float32(chunk, np.ones(n, bool), "embeddings", checks)
+            _forget_pages(embeddings, (start + n) * embeddings[:1].nbytes)
             raw = np.asarray(labels[start : start + n])
             if kind == "string":
                 texts = raw.astype(str)
@@ -1031,6 +1036,25 @@ def map_npy(
     mapped = array.view(_MappedArray)
     mapped._distgap_end = end
     return mapped
+
+
+def _forget_pages(array: np.ndarray, consumed: int) -> None:
+    """Drop the mapped pages of the first ``consumed`` bytes of a C-ordered
+    memory-mapped array from this process's resident memory.
+
+    The pages stay in the page cache and come back on access; without this, the
+    resident size of a run grows with the size of the file it has read.
+    """
+    base: Any = array
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    handle = getattr(base, "_mmap", None)
+    if handle is None or not array.flags.c_contiguous:
+        return
+    end = consumed // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > 0:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            handle.madvise(mmap.MADV_DONTNEED, 0, end)
 
 
 class _MappedArray(np.ndarray):
