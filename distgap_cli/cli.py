@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -44,6 +44,7 @@ class Format(enum.StrEnum):
     JSON = "json"
     CSV = "csv"
     MARKDOWN = "markdown"
+    JSONL = "jsonl"
 
 
 class OnInvalid(enum.StrEnum):
@@ -93,39 +94,104 @@ def _main(
     """How well do saved embeddings separate their classes?"""
 
 
+# Options shared by the commands that read embeddings.
+PathsArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Parquet, Arrow IPC, .npy or .npz files, directories (searched "
+        "recursively), globs, or - for standard input.",
+        show_default=False,
+    ),
+]
+EmbeddingColumnOpt = Annotated[
+    str | None,
+    typer.Option(help="Column (or .npz array) with the embeddings. [default: auto]"),
+]
+LabelColumnOpt = Annotated[
+    str | None,
+    typer.Option(help="Column (or .npz array) with the labels. [default: auto]"),
+]
+EmbeddingPrefixOpt = Annotated[
+    str | None,
+    typer.Option(help="Read embeddings from scalar columns PREFIX0, PREFIX1, ..."),
+]
+LabelsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--labels",
+        help="Labels .npy for a .npy embeddings file (one per file, in order).",
+        show_default=False,
+    ),
+]
+DistanceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--distance",
+        "-d",
+        help="cosine, euclidean, squared_euclidean, manhattan, inner_product, "
+        "snr (or an alias such as l2, l1), or all. Repeatable. [default: cosine]",
+        show_default=False,
+    ),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=2,
+        help="Rows per batch. The per-batch gap depends on it: use your training "
+        "batch size.",
+    ),
+]
+LimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="Read only the first N rows.")
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the report to FILE, not stdout."),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")
+]
+MaxDropOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Gate: fail when gap, margin, violation rate or precision@1 is worse "
+        "than the baseline by more than X (absolute), or X% (relative).",
+        show_default=False,
+    ),
+]
+
+
+def _read_options(
+    chosen: list[Any],
+    embedding_column: str | None,
+    label_column: str | None,
+    embedding_prefix: str | None,
+    labels: list[Path] | None,
+    on_invalid: str,
+    limit: int | None,
+) -> Any:
+    from distgap_cli.reading import ReadOptions
+
+    return ReadOptions(
+        embedding_column=embedding_column,
+        label_column=label_column,
+        embedding_prefix=embedding_prefix,
+        labels=[str(p) for p in labels or []],
+        on_invalid=on_invalid,
+        need_direction=any(d.needs_direction for d in chosen),
+        need_variance=any(d.needs_variance for d in chosen),
+        limit=limit,
+    )
+
+
 @app.command("eval")
 def eval_command(
-    paths: Annotated[
-        list[str],
-        typer.Argument(
-            help="Parquet, Arrow IPC, .npy or .npz files, directories (searched "
-            "recursively), globs, or - for standard input.",
-            show_default=False,
-        ),
-    ],
-    distance: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--distance",
-            "-d",
-            help="cosine, euclidean, squared_euclidean, manhattan, inner_product, "
-            "snr (or an alias such as l2, l1), or all. Repeatable. [default: cosine]",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=2,
-            help="Rows per batch. The per-batch gap depends on it: use your training "
-            "batch size.",
-        ),
-    ] = 256,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Read only the first N rows.")
-    ] = None,
+    paths: PathsArg,
+    distance: DistanceOpt = None,
+    batch_size: BatchSizeOpt = 256,
+    limit: LimitOpt = None,
     shuffle: Annotated[
         bool,
         typer.Option(
@@ -134,39 +200,32 @@ def eval_command(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of --shuffle.")] = 0,
-    embedding_column: Annotated[
-        str | None,
-        typer.Option(
-            help="Column (or .npz array) with the embeddings. [default: auto]"
-        ),
-    ] = None,
-    label_column: Annotated[
-        str | None,
-        typer.Option(help="Column (or .npz array) with the labels. [default: auto]"),
-    ] = None,
-    embedding_prefix: Annotated[
-        str | None,
-        typer.Option(help="Read embeddings from scalar columns PREFIX0, PREFIX1, ..."),
-    ] = None,
-    labels: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--labels",
-            help="Labels .npy for a .npy embeddings file (one per file, in order).",
-            show_default=False,
-        ),
-    ] = None,
+    embedding_column: EmbeddingColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    embedding_prefix: EmbeddingPrefixOpt = None,
+    labels: LabelsOpt = None,
     on_invalid: Annotated[
         OnInvalid,
         typer.Option(help="Stop at the first invalid row, or skip such rows."),
     ] = OnInvalid.ERROR,
     output_format: Annotated[
-        Format, typer.Option("--format", "-f", help="Output format.")
-    ] = Format.TABLE,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the report to FILE, not stdout."),
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output format. [default: table; jsonl with --per-batch]",
+            show_default=False,
+        ),
     ] = None,
+    output: OutputOpt = None,
+    per_batch: Annotated[
+        bool,
+        typer.Option(
+            "--per-batch",
+            help="Stream one JSON line per batch and distance as it is computed, "
+            "then one per distance (--format jsonl).",
+        ),
+    ] = False,
     min_gap: Annotated[
         float | None,
         typer.Option(help="Gate: fail (exit 1) unless the mean gap is at least X."),
@@ -179,12 +238,15 @@ def eval_command(
         float | None,
         typer.Option(help="Gate: fail unless the violation rate is at most X."),
     ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="A saved JSON report to compare with (see --max-drop)."),
+    ] = None,
+    max_drop: MaxDropOpt = None,
     device: Annotated[
         str, typer.Option(help="Where to compute: auto, cpu, gpu or gpu:N.")
     ] = "auto",
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")
-    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Evaluate the distance gap of saved embeddings, batch by batch.
 
@@ -193,7 +255,141 @@ def eval_command(
     with _reporting_errors():
         chosen = parse_selection(distance or [])
         parse_device(device)
+        fmt = output_format or (Format.JSONL if per_batch else Format.TABLE)
+        if per_batch and fmt is not Format.JSONL:
+            raise UsageError(
+                "--per-batch streams JSON lines; use --format jsonl (its default)"
+            )
         from distgap_cli import engine, report, sources
+        from distgap_cli.reading import Reader
+
+        drop = report.parse_drop(max_drop) if max_drop is not None else None
+        if drop is not None and baseline is None:
+            raise UsageError("--max-drop needs --baseline FILE to compare with")
+        previous = report.load_report(str(baseline)) if baseline else None
+
+        found = sources.discover(paths)
+        with _opened(output) as out:
+            try:
+                options = _read_options(
+                    chosen,
+                    embedding_column,
+                    label_column,
+                    embedding_prefix,
+                    labels,
+                    on_invalid.value,
+                    limit,
+                )
+                reader = Reader(found, options)
+                settings = engine.EvalSettings(
+                    distances=chosen,
+                    batch_size=batch_size,
+                    shuffle=shuffle,
+                    seed=seed,
+                    device=device,
+                )
+                err = _err_console()
+                stream = _batch_streamer(out) if per_batch else None
+                with _progress(err, quiet, reader) as advance:
+                    result = engine.evaluate(reader, settings, advance, stream)
+            finally:
+                sources.release(found)
+            gates = {
+                "min_gap": min_gap,
+                "min_margin": min_margin,
+                "max_violation_rate": max_violation_rate,
+            }
+            doc = report.build(result, reader, gates)
+            if previous is not None:
+                doc["baseline"] = {
+                    "file": str(baseline),
+                    "max_drop": max_drop,
+                    **report.compare(doc, previous, drop),
+                }
+
+            if not quiet:
+                for warning in result.warnings:
+                    err.print(f"[yellow]warning:[/] {escape(warning)}", emoji=False)
+                if reader.dropped:
+                    parts = ", ".join(f"{n} {why}" for why, n in reader.dropped.items())
+                    total = sum(reader.dropped.values())
+                    err.print(
+                        f"dropped {total} invalid row(s): {parts}",
+                        markup=False,
+                        emoji=False,
+                    )
+            _emit(doc, fmt, out)
+        failures = report.failed_gates(doc)
+        if "baseline" in doc:
+            failures += report.failed_comparisons(doc["baseline"])
+        _fail_on(failures)
+
+
+@app.command("compare")
+def compare_command(
+    baseline: Annotated[
+        Path, typer.Argument(help="The earlier report (distgap eval --format json).")
+    ],
+    current: Annotated[Path, typer.Argument(help="The later report.")],
+    max_drop: MaxDropOpt = None,
+    output_format: Annotated[
+        Format, typer.Option("--format", "-f", help="Output format.")
+    ] = Format.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Compare two saved reports, statistic by statistic, with the same gates.
+
+    Example: distgap compare last-release.json this-build.json --max-drop 5%
+    """
+    with _reporting_errors():
+        from distgap_cli import report
+
+        drop = report.parse_drop(max_drop) if max_drop is not None else None
+        old = report.load_report(str(baseline))
+        new = report.load_report(str(current))
+        doc = {
+            "schema": report.COMPARE_SCHEMA,
+            "baseline": str(baseline),
+            "current": str(current),
+            "max_drop": max_drop,
+            **report.compare(new, old, drop),
+        }
+        if not doc["comparisons"]:
+            raise UsageError(
+                "the two reports share no distance with comparable statistics"
+            )
+        with _opened(output) as out:
+            if output_format is Format.TABLE:
+                render.comparison_table(doc, _console(out))
+            else:
+                out.write(render.comparison_text(doc, output_format.value))
+        _fail_on(report.failed_comparisons(doc))
+
+
+@app.command("inspect")
+def inspect_command(
+    paths: PathsArg,
+    embedding_column: EmbeddingColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    embedding_prefix: EmbeddingPrefixOpt = None,
+    labels: LabelsOpt = None,
+    distance: DistanceOpt = None,
+    batch_size: BatchSizeOpt = 256,
+    limit: LimitOpt = None,
+    output_format: Annotated[
+        Format, typer.Option("--format", "-f", help="table or json.")
+    ] = Format.TABLE,
+    output: OutputOpt = None,
+) -> None:
+    """Describe an input without evaluating it: rows, classes, invalid rows, norms.
+
+    Example: distgap inspect shards/ --format json
+    """
+    with _reporting_errors():
+        if output_format not in (Format.TABLE, Format.JSON):
+            raise UsageError("inspect writes --format table or json")
+        chosen = parse_selection(distance or [])
+        from distgap_cli import inspection, report, sources
         from distgap_cli.reading import Reader, ReadOptions
 
         found = sources.discover(paths)
@@ -203,48 +399,63 @@ def eval_command(
                 label_column=label_column,
                 embedding_prefix=embedding_prefix,
                 labels=[str(p) for p in labels or []],
-                on_invalid=on_invalid.value,
-                need_direction=any(d.needs_direction for d in chosen),
-                need_variance=any(d.needs_variance for d in chosen),
+                on_invalid="skip",
+                need_direction=True,
+                need_variance=True,
                 limit=limit,
             )
-            reader = Reader(found, options)
-            settings = engine.EvalSettings(
-                distances=chosen,
-                batch_size=batch_size,
-                shuffle=shuffle,
-                seed=seed,
-                device=device,
+            doc = inspection.inspect_input(
+                Reader(found, options), batch_size, len(chosen)
             )
-            err = _err_console()
-            with _progress(err, quiet, reader) as advance:
-                result = engine.evaluate(reader, settings, advance)
         finally:
             sources.release(found)
-        gates = {
-            "min_gap": min_gap,
-            "min_margin": min_margin,
-            "max_violation_rate": max_violation_rate,
-        }
-        doc = report.build(result, reader, gates)
+        with _opened(output) as out:
+            if output_format is Format.JSON:
+                out.write(report.to_json(doc))
+            else:
+                render.inspection_table(doc, _console(out))
 
-        if not quiet:
-            for warning in result.warnings:
-                err.print(f"[yellow]warning:[/] {escape(warning)}", emoji=False)
-            if reader.dropped:
-                parts = ", ".join(f"{n} {why}" for why, n in reader.dropped.items())
-                total = sum(reader.dropped.values())
-                err.print(
-                    f"dropped {total} invalid row(s): {parts}",
-                    markup=False,
-                    emoji=False,
-                )
-        _emit(doc, output_format, output)
-        failures = report.failed_gates(doc)
-        for line in failures:
-            err.print(f"[bold red]{escape(line)}[/]", emoji=False)
-        if failures:
-            raise typer.Exit(EXIT_GATE_FAILED)
+
+def _fail_on(failures: list[str]) -> None:
+    """Print failed gates on stderr and exit 1 if there are any."""
+    err = _err_console()
+    for line in failures:
+        err.print(f"[bold red]{escape(line)}[/]", emoji=False)
+    if failures:
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+@contextlib.contextmanager
+def _opened(output: Path | None) -> Iterator[TextIO]:
+    """The report's destination: ``output`` if given, else stdout."""
+    if output is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        handle = open(output, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {output}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def _console(out: TextIO) -> Console:
+    if out is sys.stdout:
+        return Console(highlight=False)
+    return Console(file=out, width=100, no_color=True, highlight=False)
+
+
+def _batch_streamer(out: TextIO) -> Callable[..., None]:
+    """Write each computed batch as JSON lines, flushed as they come."""
+    from distgap_cli import report
+
+    def write(first: int, stack: Any, stats: Any) -> None:
+        for record in report.batch_records(first, stack, stats):
+            out.write(report.json_line(record))
+        out.flush()
+
+    return write
 
 
 @contextlib.contextmanager
@@ -285,21 +496,13 @@ def _progress(
         yield advance
 
 
-def _emit(doc: dict, fmt: Format, output: Path | None) -> None:
-    """Write the report to ``output`` or stdout; machine formats alone on stdout."""
-    if output is not None:
-        try:
-            output.write_text(render.text(doc, fmt.value))
-        except OSError as exc:
-            raise UsageError(
-                f"cannot write --output {output}: {exc.strerror}"
-            ) from None
-        return
+def _emit(doc: dict, fmt: Format, out: TextIO) -> None:
+    """Write the report; machine formats put nothing else on stdout."""
     if fmt is Format.TABLE:
-        render.table(doc, Console(highlight=False))
+        render.table(doc, _console(out))
     else:
-        sys.stdout.write(render.text(doc, fmt.value))
-        sys.stdout.flush()
+        out.write(render.text(doc, fmt.value))
+    out.flush()
 
 
 def main() -> None:

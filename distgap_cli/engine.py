@@ -86,13 +86,26 @@ class BatchEvaluator:
         }
 
 
+@dataclass
+class Stack:
+    """Batches packed for one compiled call, padded to ``[k, batch_size]``.
+
+    ``real`` batches are real, the rest padding; ``sizes`` and ``first_rows`` give
+    each real batch's row count and the global index of its first row.
+    """
+
+    labels: np.ndarray
+    x: np.ndarray
+    mask: np.ndarray
+    real: int
+    sizes: np.ndarray
+    first_rows: np.ndarray
+
+
 def _stacks(
     batches: Iterator[batching.Batch], batch_size: int, k: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """Group batches into padded ``[k, batch_size]`` stacks; yields the real count.
-
-    Each stack is a fresh set of arrays, so a consumer may hold on to it.
-    """
+) -> Iterator[Stack]:
+    """Group batches into stacks of ``k``; each stack owns fresh arrays."""
     stack: list[batching.Batch] = []
     for batch in batches:
         stack.append(batch)
@@ -103,9 +116,7 @@ def _stacks(
         yield _pack(stack, batch_size, k)
 
 
-def _pack(
-    stack: list[batching.Batch], batch_size: int, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
     dim = stack[0].embeddings.shape[1]
     labels = np.zeros((k, batch_size), np.int64)
     x = np.zeros((k, batch_size, dim), np.float32)
@@ -115,7 +126,14 @@ def _pack(
         labels[i, :n] = batch.labels
         x[i, :n] = batch.embeddings
         mask[i, :n] = True
-    return labels, x, mask, len(stack)
+    return Stack(
+        labels,
+        x,
+        mask,
+        len(stack),
+        sizes=np.array([len(b.labels) for b in stack]),
+        first_rows=np.array([b.rows[0] for b in stack]),
+    )
 
 
 _DONE = object()
@@ -164,8 +182,17 @@ def evaluate(
     reader: Reader,
     settings: EvalSettings,
     on_rows: Callable[[int], None] | None = None,
+    on_batches: Callable[[int, Stack, dict[Distance, dict[str, np.ndarray]]], None]
+    | None = None,
 ) -> EvalResult:
     """Run a batch-mode evaluation over everything ``reader`` yields.
+
+    Args:
+        reader: the input.
+        settings: batch size, order, distances, device.
+        on_rows: called with the number of rows each time a block is read.
+        on_batches: called after each compiled call with the index of its first
+            batch, the stack, and the per-batch statistics of its real batches.
 
     Raises:
         InputError: from the reader, for bad input.
@@ -197,13 +224,18 @@ def evaluate(
         dim = first.embeddings.shape[1]
         evaluator = BatchEvaluator(settings.distances, settings.device)
         chained = _prepend(first, batches)
-        stacks = prefetch(_stacks(chained, settings.batch_size, k))
-        for labels, x, mask, real in stacks:
-            stats = evaluator(labels, x, mask)
-            for distance, values in stats.items():
-                accumulators[distance].add_batches(
-                    {name: v[:real] for name, v in values.items()}
-                )
+        done = 0
+        for stack in prefetch(_stacks(chained, settings.batch_size, k)):
+            stats = evaluator(stack.labels, stack.x, stack.mask)
+            real = {
+                d: {name: v[: stack.real] for name, v in values.items()}
+                for d, values in stats.items()
+            }
+            for distance, values in real.items():
+                accumulators[distance].add_batches(values)
+            if on_batches is not None:
+                on_batches(done, stack, real)
+            done += stack.real
     finally:
         if spill is not None:
             spill.close()

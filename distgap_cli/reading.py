@@ -122,6 +122,14 @@ class _Check:
     for_distance: bool = False
 
 
+def _dtype_name(arrow_type: pa.DataType) -> str:
+    """numpy's name for an Arrow number type (``float32`` rather than ``float``)."""
+    try:
+        return np.dtype(arrow_type.to_pandas_dtype()).name
+    except (NotImplementedError, TypeError):
+        return str(arrow_type)
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
@@ -170,6 +178,7 @@ class Reader:
         self.dropped: Counter[str] = Counter()
         self.rows_read = 0
         self.dim: int | None = None
+        self.value_type: str | None = None
         self._dim_origin: tuple[str, int] | None = None
         self._first_types: tuple[str, str, str] | None = None
         npy_count = sum(1 for s in sources if s.kind == src.NPY)
@@ -311,6 +320,9 @@ class Reader:
                         column=col,
                     )
             emb_desc = f"{len(emb_cols)} scalar columns"
+            self.value_type = self.value_type or _dtype_name(
+                schema.field(emb_cols[0]).type
+            )
         else:
             if opts.embedding_column is not None:
                 if opts.embedding_column not in names:
@@ -355,6 +367,7 @@ class Reader:
                     column=emb,
                 )
             emb_desc = f"list of {_type_family(value_type)}"
+            self.value_type = self.value_type or _dtype_name(value_type)
 
         # Label column.
         candidates = list(names) + [k for k in source.partition if k not in names]
@@ -854,6 +867,7 @@ class Reader:
                 file=name,
                 fix="save one label per embedding row",
             )
+        self.value_type = self.value_type or embeddings.dtype.name
         if self.dim is None:
             self.dim = int(embeddings.shape[1])
             self._dim_origin = (name, self.rows_read)

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from distgap_cli.report import to_json
+from distgap_cli.report import json_line, result_lines, to_json
 
 SIMILARITY_NOTE = (
     "inner_product is a similarity (larger is closer): taken literally as "
@@ -99,6 +99,43 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+_COMPARED_ROWS = {
+    "gap mean": "gap",
+    "margin mean": "margin",
+    "violation rate": "violation_rate",
+}
+
+
+def _rows(doc: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """The table's rows; with a baseline, its value and the change follow each
+    compared statistic."""
+    if "baseline" not in doc:
+        return ROWS
+    found = {(c["distance"], c["statistic"]): c for c in doc["baseline"]["comparisons"]}
+
+    def beside(statistic: str, key: str) -> Callable[[dict[str, Any]], str]:
+        def read(entry: dict[str, Any]) -> str:
+            c = found.get((entry["distance"], statistic))
+            if c is None:
+                return "n/a"
+            if key == "change":
+                sign = "+" if c["change"] >= 0 else ""
+                mark = "" if c["passed"] is not False else " FAIL"
+                return f"{sign}{c['change']:.6f}{mark}"
+            return _number(c["baseline"])
+
+        return read
+
+    rows = []
+    for label, read in ROWS:
+        rows.append((label, read))
+        statistic = _COMPARED_ROWS.get(label)
+        if statistic:
+            rows.append(("  baseline", beside(statistic, "baseline")))
+            rows.append(("  change", beside(statistic, "change")))
+    return rows
+
+
 def _title(doc: dict[str, Any]) -> str:
     settings = doc["settings"]
     return f"distance gap, batches of {settings['batch_size']} ({settings['order']})"
@@ -131,7 +168,8 @@ def table(doc: dict[str, Any], console: Console) -> None:
     grid.add_column("statistic", no_wrap=True)
     for entry in results:
         grid.add_column(escape(entry["distance"]), justify="right", no_wrap=True)
-    for label, read in ROWS:
+    rows = _rows(doc)
+    for label, read in rows:
         grid.add_row(label, *(read(e) for e in results))
 
     console.print(escape(_title(doc)), soft_wrap=True)
@@ -141,8 +179,8 @@ def table(doc: dict[str, Any], console: Console) -> None:
     else:
         for entry in results:
             console.print(f"{escape(entry['distance'])}:", soft_wrap=True)
-            for label, read in ROWS:
-                console.print(f"  {label}: {read(entry)}", soft_wrap=True)
+            for label, read in rows:
+                console.print(f"  {label.strip()}: {read(entry)}", soft_wrap=True)
     for line in _caption(doc):
         console.print(escape(line), soft_wrap=True)
 
@@ -156,8 +194,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "| statistic | " + " | ".join(names) + " |",
         "| --- | " + " | ".join("---:" for _ in names) + " |",
     ]
-    for label, read in ROWS:
-        out.append(f"| {label} | " + " | ".join(read(e) for e in doc["results"]) + " |")
+    for label, read in _rows(doc):
+        cells = " | ".join(read(e) for e in doc["results"])
+        out.append(f"| {label} | {cells} |")
     out.append("")
     out.extend(f"_{line}_" for line in _caption(doc))
     return "\n".join(out) + "\n"
@@ -189,6 +228,8 @@ def text(doc: dict[str, Any], fmt: str, width: int | None = None) -> str:
     """The report in ``fmt`` as plain text (a table is rendered without colour)."""
     if fmt == "json":
         return to_json(doc)
+    if fmt == "jsonl":
+        return result_lines(doc)
     if fmt == "csv":
         return csv_text(doc)
     if fmt == "markdown":
@@ -197,3 +238,116 @@ def text(doc: dict[str, Any], fmt: str, width: int | None = None) -> str:
     console = Console(file=buffer, width=width or 100, no_color=True, highlight=False)
     table(doc, console)
     return buffer.getvalue()
+
+
+# distgap compare -------------------------------------------------------------
+
+_COMPARE_COLUMNS = ("distance", "statistic", "baseline", "current", "change", "better")
+
+
+def _comparison_cells(c: dict[str, Any]) -> list[str]:
+    better = {True: "yes", False: "no", None: "same"}[c["better"]]
+    sign = "+" if c["change"] >= 0 else ""
+    cells = [
+        c["distance"],
+        c["statistic"],
+        _number(c["baseline"]),
+        _number(c["current"]),
+        f"{sign}{c['change']:.6f}",
+        better,
+    ]
+    if c["passed"] is not None:
+        cells.append("pass" if c["passed"] else "FAIL")
+    return cells
+
+
+def comparison_table(doc: dict[str, Any], console: Console) -> None:
+    """Print two reports' statistics side by side."""
+    gated = any(c["passed"] is not None for c in doc["comparisons"])
+    columns = [*_COMPARE_COLUMNS, "gate"] if gated else list(_COMPARE_COLUMNS)
+    grid = Table(box=box.HEAVY_HEAD)
+    for i, name in enumerate(columns):
+        grid.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
+    for c in doc["comparisons"]:
+        grid.add_row(*(escape(cell) for cell in _comparison_cells(c)))
+    console.print(
+        escape(f"{doc['baseline']} (baseline) against {doc['current']}"),
+        soft_wrap=True,
+    )
+    unbounded = console.options.update_width(1 << 20)
+    if Measurement.get(console, unbounded, grid).maximum <= console.width:
+        console.print(grid)
+    else:
+        for c in doc["comparisons"]:
+            pairs = zip(columns, _comparison_cells(c), strict=True)
+            console.print(", ".join(f"{k}: {v}" for k, v in pairs), soft_wrap=True)
+
+
+def comparison_text(doc: dict[str, Any], fmt: str) -> str:
+    """A comparison as JSON, JSON lines, CSV or Markdown."""
+    if fmt == "json":
+        return to_json(doc)
+    if fmt == "jsonl":
+        return "".join(
+            json_line({"kind": "comparison", **c}) for c in doc["comparisons"]
+        )
+    gated = any(c["passed"] is not None for c in doc["comparisons"])
+    columns = [*_COMPARE_COLUMNS, "gate"] if gated else list(_COMPARE_COLUMNS)
+    rows = [_comparison_cells(c) for c in doc["comparisons"]]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return buffer.getvalue()
+    out = [
+        "| " + " | ".join(columns) + " |",
+        "| "
+        + " | ".join("---" if i < 2 else "---:" for i in range(len(columns)))
+        + " |",
+    ]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# distgap inspect -------------------------------------------------------------
+
+
+def inspection_table(doc: dict[str, Any], console: Console) -> None:
+    """Print what ``distgap inspect`` found, one line per fact."""
+    sizes, norms = doc["class_sizes"], doc["norms"]
+    files = doc["files"]
+    lines = [
+        ("input", files[0] if len(files) == 1 else f"{len(files)} files"),
+        ("rows", f"{doc['rows_valid']} valid of {doc['rows_read']} read"),
+        ("dimension", f"{doc['dimension']} ({doc['value_type']})"),
+        ("labels", doc["labels"]["kind"]),
+        ("classes", str(doc["classes"])),
+        (
+            "class sizes",
+            f"min {sizes['min']}, median {_number(sizes['median'], 1)}, "
+            f"max {sizes['max']}, {sizes['singletons']} with one row",
+        ),
+        (
+            "norms",
+            f"min {_number(norms['min'])}, mean {_number(norms['mean'])}, "
+            f"max {_number(norms['max'])}",
+        ),
+        ("unit length", f"{_number(norms['unit_length_share'], 4)} of rows"),
+    ]
+    for reason, count in doc["invalid"].items():
+        lines.append((f"invalid: {reason}", str(count)))
+    estimate = doc["estimate"]
+    lines.append(
+        (
+            "eval estimate",
+            f"about {estimate['eval_seconds']:.0f} s for {estimate['distances']} "
+            f"distance(s) at batch size {estimate['batch_size']} on 2 CPU cores",
+        )
+    )
+    grid = Table(box=box.HEAVY_HEAD, show_header=False)
+    grid.add_column("fact", no_wrap=True)
+    grid.add_column("value", overflow="fold")
+    for key, value in lines:
+        grid.add_row(escape(key), escape(value))
+    console.print(grid)

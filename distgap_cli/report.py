@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distgap_cli import __version__
-from distgap_cli.engine import EvalResult
-from distgap_cli.reading import Reader
+from distgap_cli.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from distgap_cli.engine import EvalResult
+    from distgap_cli.reading import Reader
 
 SCHEMA = "distgap.eval/1"
+COMPARE_SCHEMA = "distgap.compare/1"
 
 
 @dataclass(frozen=True)
@@ -137,3 +141,194 @@ def _clean(value: Any) -> Any:
 def to_json(doc: dict[str, Any]) -> str:
     """The document as JSON text, NaN written as null."""
     return json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n"
+
+
+# Per-batch records --------------------------------------------------------------
+
+_BATCH_FIELDS = ("gap", "margin", "max_pos", "min_neg")
+
+
+def batch_records(
+    first_index: int, stack: Any, stats: dict[Any, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One JSON-ready record per batch and distance, as ``--per-batch`` streams them."""
+    records = []
+    for i in range(stack.real):
+        for distance, values in stats.items():
+            record: dict[str, Any] = {
+                "kind": "batch",
+                "batch": first_index + i,
+                "distance": distance.value,
+                "rows": int(stack.sizes[i]),
+                "first_row": int(stack.first_rows[i]),
+                "has_gap": bool(
+                    values["has_pos_pair"][i] and values["has_neg_pair"][i]
+                ),
+            }
+            for name in _BATCH_FIELDS:
+                record[name] = float(values[name][i])
+            record["violations"] = int(values["violations"][i])
+            record["anchors_with_both"] = int(values["anchors_with_both"][i])
+            records.append(record)
+    return records
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One compact JSON line, NaN written as null."""
+    return json.dumps(_clean(record), allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def result_lines(doc: dict[str, Any]) -> str:
+    """``--format jsonl``: one object per distance, with its gates and baseline."""
+    lines = []
+    for entry in doc["results"]:
+        name = entry["distance"]
+        record = {"kind": "result", "schema": doc["schema"], **entry}
+        record["gates"] = [g for g in doc["gates"] if g["distance"] == name]
+        if "baseline" in doc:
+            record["baseline"] = [
+                c for c in doc["baseline"]["comparisons"] if c["distance"] == name
+            ]
+        lines.append(json_line(record))
+    return "".join(lines)
+
+
+# Comparing with a baseline ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A statistic compared between runs, and which direction is better."""
+
+    name: str
+    path: tuple[str, ...]
+    higher_is_better: bool
+
+
+COMPARED = (
+    Compared("gap", ("gap", "mean"), True),
+    Compared("margin", ("margin", "mean"), True),
+    Compared("violation_rate", ("violation_rate",), False),
+    Compared("precision_at_1", ("precision_at_1",), True),
+)
+
+
+def parse_drop(text: str) -> tuple[float, bool]:
+    """``0.05`` (absolute) or ``5%`` (relative to the baseline) as (value, relative).
+
+    Raises:
+        UsageError: for anything else, or a negative value.
+    """
+    raw = text.strip()
+    relative = raw.endswith("%")
+    try:
+        value = float(raw[:-1] if relative else raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(
+            f"--max-drop {text!r}: expected a number such as 0.05, or a percentage "
+            "such as 5%"
+        )
+    return (value / 100.0 if relative else value), relative
+
+
+def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = entry
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def compare(
+    current: dict[str, Any],
+    baseline: dict[str, Any],
+    max_drop: tuple[float, bool] | None,
+) -> dict[str, Any]:
+    """Compare two reports, distance by distance, statistic by statistic.
+
+    A statistic is *worse by* how far it moved in the bad direction. With
+    ``max_drop``, a comparison fails when it is worse by more than the allowed
+    drop (absolute, or relative to the baseline's magnitude), or when the current
+    value is missing where the baseline had one.
+    """
+    theirs = {e["distance"]: e for e in baseline.get("results", [])}
+    comparisons = []
+    for entry in current["results"]:
+        old = theirs.get(entry["distance"])
+        if old is None:
+            continue
+        for stat in COMPARED:
+            new_value = _lookup(entry, stat.path)
+            old_value = _lookup(old, stat.path)
+            if new_value is None or old_value is None or math.isnan(old_value):
+                continue
+            change = new_value - old_value
+            worse_by = -change if stat.higher_is_better else change
+            allowed = None
+            passed = None
+            if max_drop is not None:
+                amount, relative = max_drop
+                allowed = amount * abs(old_value) if relative else amount
+                passed = not math.isnan(new_value) and worse_by <= allowed + 1e-12
+            comparisons.append(
+                {
+                    "distance": entry["distance"],
+                    "statistic": stat.name,
+                    "baseline": old_value,
+                    "current": new_value,
+                    "change": change,
+                    "better": (
+                        None
+                        if math.isnan(change) or change == 0
+                        else (change > 0) == stat.higher_is_better
+                    ),
+                    "allowed_drop": allowed,
+                    "passed": passed,
+                }
+            )
+    return {"comparisons": comparisons}
+
+
+def failed_comparisons(section: dict[str, Any], flag: str = "--max-drop") -> list[str]:
+    """One stderr line per comparison that dropped more than allowed."""
+    lines = []
+    for c in section["comparisons"]:
+        if c["passed"] is False:
+            lines.append(
+                f"gate failed: {flag} on {c['distance']}: {c['statistic']} is "
+                f"{c['current']:.6g}, baseline {c['baseline']:.6g}, worse by "
+                f"{abs(c['change']):.6g}, allowed {c['allowed_drop']:.6g}"
+            )
+    return lines
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """Read a saved JSON report.
+
+    Raises:
+        InputError: when the file is missing, not JSON, or not a distgap report.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror})", file=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"is not JSON ({exc})",
+            file=path,
+            fix="pass a report saved with distgap eval --format json",
+        ) from None
+    schema = doc.get("schema", "") if isinstance(doc, dict) else ""
+    if not str(schema).startswith("distgap.eval/"):
+        raise InputError(
+            "is not a distgap report (no 'schema': 'distgap.eval/N')",
+            file=path,
+            fix="pass a report saved with distgap eval --format json",
+        )
+    return doc

@@ -313,11 +313,14 @@ def _options_in_help(cli, *command):
 
 def test_readme_options_exist_in_help(cli):
     readme = (ROOT / "README.md").read_text()
-    known = _options_in_help(cli, "eval") | _options_in_help(cli)
-    known |= {"--no-shuffle"}
-    for command in re.findall(r"distgap eval [^\n`]*", readme):
+    # Commands shown in code, including YAML lines folded with ">".
+    text = re.sub(r">\n\s+", " ", readme).replace("\n        --", " --")
+    shown = re.findall(r"distgap (eval|compare|inspect)( [^\n`]*)", text)
+    assert {name for name, _ in shown} == {"eval", "compare", "inspect"}
+    for name, command in shown:
+        known = _options_in_help(cli, name) | _options_in_help(cli) | {"--no-shuffle"}
         for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", command):
-            assert option in known, (option, command)
+            assert option in known, (option, name, command)
 
 
 @pytest.mark.slow

@@ -1,0 +1,82 @@
+"""``distgap inspect``: what an input holds, without evaluating it.
+
+One pass over the input with every validity check switched on and invalid rows
+counted instead of fatal: rows, dimension, classes and their sizes, invalid rows
+by reason, vector norms, and a rough estimate of how long ``eval`` would take.
+TensorFlow is not imported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from distgap_cli.reading import Reader
+
+SCHEMA = "distgap.inspect/1"
+
+# Rough costs on a 2-core x86-64 machine, from bench/run.py: start-up (importing
+# TensorFlow, tracing) and rows per second per distance at d = 128, batch 256.
+_STARTUP_SECONDS = 5.0
+_ROWS_PER_SECOND_AT_128 = 400_000.0
+
+
+def estimate_seconds(rows: int, dim: int, batch_size: int, distances: int) -> float:
+    """A rough wall-time estimate for ``distgap eval`` in batch mode.
+
+    The work per row grows with the batch size and the dimension (one Gram row of
+    ``batch_size`` dot products of length ``dim``), plus a fixed cost per batch
+    entry; the constants come from the benchmark on a 2-core machine.
+    """
+    scale = (batch_size / 256) * (0.5 + 0.5 * dim / 128)
+    per_distance = rows * scale / _ROWS_PER_SECOND_AT_128
+    return _STARTUP_SECONDS + per_distance * max(distances, 1)
+
+
+def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, Any]:
+    """Read everything ``reader`` yields and describe it."""
+    labels: list[np.ndarray] = []
+    norm_min, norm_max, norm_sum, unit = math.inf, 0.0, 0.0, 0
+    rows = 0
+    for block in reader.blocks():
+        labels.append(block.labels)
+        norms = np.linalg.norm(block.embeddings.astype(np.float64), axis=1)
+        if len(norms):
+            norm_min = min(norm_min, float(norms.min()))
+            norm_max = max(norm_max, float(norms.max()))
+            norm_sum += float(norms.sum())
+            unit += int((np.abs(norms - 1.0) <= 1e-3).sum())
+        rows += len(norms)
+
+    ids, sizes = np.unique(np.concatenate(labels) if labels else [], return_counts=True)
+    dim = reader.dim or 0
+    return {
+        "schema": SCHEMA,
+        "files": [s.name for s in reader.sources],
+        "rows_read": reader.rows_read,
+        "rows_valid": rows,
+        "invalid": dict(sorted(reader.dropped.items())),
+        "dimension": dim,
+        "value_type": reader.value_type,
+        "labels": reader.label_map.to_json(),
+        "classes": len(ids),
+        "class_sizes": {
+            "min": int(sizes.min()) if len(sizes) else None,
+            "median": float(np.median(sizes)) if len(sizes) else None,
+            "max": int(sizes.max()) if len(sizes) else None,
+            "singletons": int((sizes == 1).sum()),
+        },
+        "norms": {
+            "min": norm_min if rows else None,
+            "mean": norm_sum / rows if rows else None,
+            "max": norm_max if rows else None,
+            "unit_length_share": unit / rows if rows else None,
+        },
+        "estimate": {
+            "batch_size": batch_size,
+            "distances": distances,
+            "eval_seconds": estimate_seconds(rows, dim, batch_size, distances),
+        },
+    }

@@ -1,0 +1,234 @@
+"""CI gates against a baseline, compare, inspect, JSON lines and pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from distgap_cli import report
+
+from .conftest import HARDNEG_X, HARDNEG_Y, ROOT, SAMPLE_DATA, write_parquet
+
+TRAINED = SAMPLE_DATA / "digits_trained.parquet"
+PIXELS = SAMPLE_DATA / "digits_pixels.parquet"
+SCHEMA_KEYS = ROOT / "tests" / "golden" / "schema_keys.json"
+
+
+@pytest.fixture
+def hardneg(tmp_path):
+    return write_parquet(tmp_path / "hardneg.parquet", HARDNEG_X, HARDNEG_Y)
+
+
+@pytest.fixture
+def saved(cli, tmp_path):
+    """JSON reports of the pixels and of the trained embeddings."""
+    paths = {}
+    for name, source in (("pixels", PIXELS), ("trained", TRAINED)):
+        out = cli("eval", source, "-f", "json")
+        assert out.exit_code == 0
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(out.stdout)
+    return paths
+
+
+def test_jsonl_has_one_object_per_distance(cli, hardneg):
+    out = cli("eval", hardneg, "-d", "l2", "-d", "l1", "-f", "jsonl", "--min-gap", "1")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["distance"] for r in lines] == ["euclidean", "manhattan"]
+    assert all(r["kind"] == "result" and r["schema"] == report.SCHEMA for r in lines)
+    assert lines[0]["gap"]["mean"] == pytest.approx(5.0)
+    assert lines[1]["gates"][0]["distance"] == "manhattan"
+
+
+def test_per_batch_streams_batches_then_results(cli, tmp_path):
+    x = np.concatenate([HARDNEG_X, [[0.0], [1.0], [2.0], [3.0]]])
+    y = np.concatenate([HARDNEG_Y, [0, 0, 0, 0]])
+    path = write_parquet(tmp_path / "two.parquet", x, y)
+    out = cli("eval", path, "-d", "euclidean", "-b", "4", "--per-batch")
+    assert out.exit_code == 0
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    batches = [r for r in lines if r["kind"] == "batch"]
+    assert [(b["batch"], b["first_row"], b["rows"]) for b in batches] == [
+        (0, 0, 4),
+        (1, 4, 4),
+    ]
+    assert batches[0]["gap"] == pytest.approx(5.0) and batches[0]["has_gap"]
+    assert not batches[1]["has_gap"] and batches[1]["gap"] is None
+    assert lines[-1]["kind"] == "result"
+    usage = cli("eval", path, "--per-batch", "-f", "table")
+    assert usage.exit_code == 2 and "--format jsonl" in usage.stderr
+
+
+def test_baseline_gate_passes_and_fails(cli, saved):
+    same = cli("eval", TRAINED, "--baseline", saved["trained"], "--max-drop", "0")
+    assert same.exit_code == 0, same.stderr
+    assert "baseline" in same.stdout and "change" in same.stdout
+
+    worse = cli(
+        "eval", PIXELS, "--baseline", saved["trained"], "--max-drop", "5%", "-f", "json"
+    )
+    assert worse.exit_code == 1
+    doc = json.loads(worse.stdout)
+    failed = {c["statistic"] for c in doc["baseline"]["comparisons"] if not c["passed"]}
+    assert failed == {"margin", "violation_rate"}
+    assert "gate failed: --max-drop on cosine: margin is -0.427935" in worse.stderr
+
+
+def test_relative_and_absolute_drops():
+    base = {"results": [{"distance": "cosine", "gap": {"mean": 0.5}}]}
+    new = {"results": [{"distance": "cosine", "gap": {"mean": 0.46}}]}
+    rel = report.compare(new, base, report.parse_drop("10%"))["comparisons"][0]
+    assert rel["allowed_drop"] == pytest.approx(0.05) and rel["passed"]
+    tight = report.compare(new, base, report.parse_drop("0.01"))["comparisons"][0]
+    assert tight["passed"] is False and tight["better"] is False
+    with pytest.raises(report.UsageError):
+        report.parse_drop("-1")
+    with pytest.raises(report.UsageError):
+        report.parse_drop("five")
+
+
+def test_max_drop_needs_a_baseline(cli, hardneg):
+    out = cli("eval", hardneg, "-d", "l2", "--max-drop", "0.1")
+    assert out.exit_code == 2 and "--baseline" in out.stderr
+
+
+def test_baseline_that_is_not_a_report(cli, hardneg, tmp_path):
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"hello": 1}')
+    out = cli("eval", hardneg, "-d", "l2", "--baseline", bogus)
+    assert out.exit_code == 2 and "not a distgap report" in out.stderr
+    assert out.stdout == ""
+
+
+def test_compare_command(cli, saved):
+    out = cli("compare", saved["pixels"], saved["trained"], "-f", "json")
+    assert out.exit_code == 0
+    doc = json.loads(out.stdout)
+    margin = next(c for c in doc["comparisons"] if c["statistic"] == "margin")
+    assert margin["better"] is True and margin["passed"] is None
+    gated = cli("compare", saved["trained"], saved["pixels"], "--max-drop", "0.1")
+    assert gated.exit_code == 1
+    assert "FAIL" in gated.stdout and "gate failed" in gated.stderr
+    md = cli("compare", saved["pixels"], saved["trained"], "-f", "markdown").stdout
+    assert md.startswith("| distance | statistic | baseline |")
+
+
+def test_inspect(cli, tmp_path):
+    x = np.array([[0, 0], [0.6, 0.8], [1, 0], [np.nan, 1], [3, 4]], np.float32)
+    path = write_parquet(tmp_path / "mixed.parquet", x, [0, 0, 1, 1, 2])
+    out = cli("inspect", path, "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["rows_read"] == 5 and doc["rows_valid"] == 3
+    assert doc["invalid"] == {"NaN or infinite value": 1, "all-zero vector (cosine)": 1}
+    assert doc["dimension"] == 2 and doc["value_type"] == "float32"
+    assert doc["classes"] == 3 and doc["class_sizes"]["singletons"] == 3
+    assert doc["norms"]["unit_length_share"] == pytest.approx(2 / 3)
+    assert doc["estimate"]["eval_seconds"] > 0
+    table = cli("inspect", SAMPLE_DATA / "digits_pixels.parquet")
+    assert "1797 valid of 1797 read" in table.stdout
+    assert "min 174, median 180.5, max 183" in table.stdout
+
+
+def _key_paths(value, prefix=""):
+    """Every key path of a JSON document; list items share one path."""
+    if isinstance(value, dict):
+        paths = set()
+        for key, item in value.items():
+            if key == "ids":
+                paths.add(f"{prefix}.{key}")
+                continue
+            paths |= _key_paths(item, f"{prefix}.{key}")
+        return paths
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return _key_paths(value[0], f"{prefix}[]")
+    return {prefix}
+
+
+def test_json_schema_changes_need_a_version_bump(cli, saved):
+    doc = json.loads(
+        cli(
+            "eval",
+            TRAINED,
+            "-f",
+            "json",
+            "--min-gap",
+            "0",
+            "--baseline",
+            saved["pixels"],
+        ).stdout
+    )
+    recorded = json.loads(SCHEMA_KEYS.read_text())
+    keys = sorted(_key_paths(doc))
+    assert doc["schema"] == report.SCHEMA
+    if recorded["schema"] == report.SCHEMA:
+        assert keys == recorded["keys"], (
+            "the JSON report's fields changed: bump report.SCHEMA, document the "
+            "new version in the README and re-record tests/golden/schema_keys.json"
+        )
+
+
+def _run(args, **kw):
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    return subprocess.run([*command, *args], capture_output=True, timeout=300, **kw)
+
+
+@pytest.mark.slow
+def test_closed_pipe_ends_quietly(tmp_path):
+    rng = np.random.default_rng(0)
+    path = write_parquet(
+        tmp_path / "many.parquet",
+        rng.normal(size=(20000, 4)),
+        rng.integers(0, 50, 20000),
+    )
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    producer = subprocess.Popen(
+        [*command, "eval", str(path), "-b", "4", "--per-batch", "-d", "all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = producer.stdout.readline()
+    producer.stdout.close()
+    stderr = producer.stderr.read().decode()
+    code = producer.wait(timeout=300)
+    assert json.loads(first)["kind"] == "batch"
+    assert code not in (0, 1), code
+    assert "Traceback" not in stderr and stderr == ""
+
+
+@pytest.mark.slow
+def test_interrupt_exits_130_without_traceback(tmp_path):
+    # About a minute of manhattan work on two cores, interrupted after six seconds.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100_000, 64)).astype(np.float32)
+    path = tmp_path / "slow.embeddings.npy"
+    np.save(path, x)
+    np.save(tmp_path / "slow.labels.npy", rng.integers(0, 100, len(x)))
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    child = subprocess.Popen(
+        [*command, "eval", str(path), "-b", "4096", "-d", "manhattan"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(6)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+
+
+def test_no_color_and_piped_output_hold_no_escapes(hardneg):
+    env = {**os.environ, "NO_COLOR": "1"}
+    out = _run(["eval", str(hardneg), "-d", "l2", "--min-gap", "9"], env=env)
+    assert out.returncode == 1
+    assert b"\x1b" not in out.stdout and b"\x1b" not in out.stderr
