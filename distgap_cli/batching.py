@@ -1,10 +1,16 @@
-"""Cutting validated blocks into batches of exactly ``batch_size`` rows.
+"""Composing batches from validated blocks: in order, shuffled, or class-balanced.
 
-Batches cross record-batch and file boundaries; the last one may be short. The
-sequential order is the read order (files in sorted path order, rows in file
-order). The shuffled order spills every row to a temporary memory-mapped file once
-and draws batches through a seeded permutation, so memory stays bounded by the
-labels and row indices (16 bytes a row), not by the embeddings.
+Sequential batches cross record-batch and file boundaries; the last one may be
+short. Their order is the read order (files in sorted path order, rows in file
+order). The shuffled and balanced samplers spill every row to a temporary
+memory-mapped file once (float32 embeddings) and gather each batch's rows from it,
+so memory stays bounded by the labels, row indices and files (20 bytes a row), not
+by the embeddings.
+
+The balanced sampler draws batches the way TensorFlow Similarity's multi-shot
+sampler builds them for training: ``classes_per_batch`` distinct classes, then
+``examples_per_class`` rows of each, without replacement inside the batch (with
+replacement for a class that has fewer rows).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distgap_cli.errors import InputError
 from distgap_cli.reading import Block
 
 
@@ -132,3 +139,71 @@ def shuffled(spill: Spill, batch_size: int, seed: int) -> Iterator[Batch]:
     order = np.random.default_rng(seed).permutation(len(spill.labels))
     for start in range(0, len(order), batch_size):
         yield spill.take(order[start : start + batch_size])
+
+
+@dataclass
+class BalancedPlan:
+    """What the balanced sampler will draw from."""
+
+    classes: int
+    small_classes: list[int]
+    batches: int
+
+
+def balanced(
+    spill: Spill,
+    classes_per_batch: int,
+    examples_per_class: int,
+    batches: int | None,
+    seed: int,
+) -> tuple[BalancedPlan, Iterator[Batch]]:
+    """Class-balanced batches of ``classes_per_batch * examples_per_class`` rows.
+
+    Args:
+        spill: every row of the input.
+        classes_per_batch: distinct classes in each batch.
+        examples_per_class: rows drawn from each of them.
+        batches: how many batches; by default enough to visit every row about once.
+        seed: seeds every draw; the same seed gives the same batches.
+
+    Returns:
+        The plan (class count, classes drawn with replacement, batch count) and the
+        batches.
+
+    Raises:
+        InputError: when the input has fewer classes than ``classes_per_batch``.
+    """
+    ids, inverse, counts = np.unique(
+        spill.labels, return_inverse=True, return_counts=True
+    )
+    if len(ids) < classes_per_batch:
+        raise InputError(
+            f"the input has {len(ids)} classes, fewer than --classes-per-batch "
+            f"{classes_per_batch}",
+            fix=f"use --classes-per-batch {len(ids)} or less",
+        )
+    members = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    size = classes_per_batch * examples_per_class
+    total = batches if batches is not None else max(1, -(-len(spill.labels) // size))
+    plan = BalancedPlan(
+        classes=len(ids),
+        small_classes=[int(c) for c in ids[counts < examples_per_class]],
+        batches=total,
+    )
+
+    def draw() -> Iterator[Batch]:
+        rng = np.random.default_rng(seed)
+        for _ in range(total):
+            chosen = rng.choice(len(ids), size=classes_per_batch, replace=False)
+            picks = [
+                rng.choice(
+                    members[starts[c] : starts[c] + counts[c]],
+                    size=examples_per_class,
+                    replace=bool(counts[c] < examples_per_class),
+                )
+                for c in chosen
+            ]
+            yield spill.take(np.concatenate(picks))
+
+    return plan, draw()

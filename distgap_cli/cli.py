@@ -47,6 +47,14 @@ class Format(enum.StrEnum):
     JSONL = "jsonl"
 
 
+class Sampler(enum.StrEnum):
+    """How batches are composed."""
+
+    SEQUENTIAL = "sequential"
+    SHUFFLE = "shuffle"
+    BALANCED = "balanced"
+
+
 class OnInvalid(enum.StrEnum):
     """What to do with an invalid row."""
 
@@ -134,13 +142,14 @@ DistanceOpt = Annotated[
     ),
 ]
 BatchSizeOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--batch-size",
         "-b",
         min=2,
         help="Rows per batch. The per-batch gap depends on it: use your training "
-        "batch size.",
+        "batch size. [default: 256; C x E with --sampler balanced]",
+        show_default=False,
     ),
 ]
 LimitOpt = Annotated[
@@ -190,16 +199,44 @@ def _read_options(
 def eval_command(
     paths: PathsArg,
     distance: DistanceOpt = None,
-    batch_size: BatchSizeOpt = 256,
+    batch_size: BatchSizeOpt = None,
     limit: LimitOpt = None,
+    sampler: Annotated[
+        Sampler | None,
+        typer.Option(
+            help="sequential: input order; shuffle: a seeded permutation; "
+            "balanced: C classes x E rows per batch, like a metric-learning "
+            "training sampler. [default: sequential]",
+            show_default=False,
+        ),
+    ] = None,
     shuffle: Annotated[
         bool,
         typer.Option(
             "--shuffle/--no-shuffle",
-            help="Batch a seeded permutation of the rows instead of input order.",
+            help="Shorthand for --sampler shuffle.",
         ),
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of --shuffle.")] = 0,
+    classes_per_batch: Annotated[
+        int | None,
+        typer.Option(min=2, help="--sampler balanced: distinct classes per batch (C)."),
+    ] = None,
+    examples_per_class: Annotated[
+        int | None,
+        typer.Option(min=2, help="--sampler balanced: rows drawn per class (E)."),
+    ] = None,
+    batches: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--sampler balanced: how many batches. [default: enough to visit "
+            "every row about once]",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the shuffle and balanced samplers.")
+    ] = 0,
     embedding_column: EmbeddingColumnOpt = None,
     label_column: LabelColumnOpt = None,
     embedding_prefix: EmbeddingPrefixOpt = None,
@@ -260,6 +297,9 @@ def eval_command(
             raise UsageError(
                 "--per-batch streams JSON lines; use --format jsonl (its default)"
             )
+        picked, size = _sampling(
+            sampler, shuffle, batch_size, classes_per_batch, examples_per_class, batches
+        )
         from distgap_cli import engine, report, sources
         from distgap_cli.reading import Reader
 
@@ -283,10 +323,13 @@ def eval_command(
                 reader = Reader(found, options)
                 settings = engine.EvalSettings(
                     distances=chosen,
-                    batch_size=batch_size,
-                    shuffle=shuffle,
+                    batch_size=size,
+                    sampler=picked.value,
                     seed=seed,
                     device=device,
+                    classes_per_batch=classes_per_batch,
+                    examples_per_class=examples_per_class,
+                    batches=batches,
                 )
                 err = _err_console()
                 stream = _batch_streamer(out) if per_batch else None
@@ -405,7 +448,7 @@ def inspect_command(
                 limit=limit,
             )
             doc = inspection.inspect_input(
-                Reader(found, options), batch_size, len(chosen)
+                Reader(found, options), batch_size or 256, len(chosen)
             )
         finally:
             sources.release(found)
@@ -414,6 +457,42 @@ def inspect_command(
                 out.write(report.to_json(doc))
             else:
                 render.inspection_table(doc, _console(out))
+
+
+def _sampling(
+    sampler: Sampler | None,
+    shuffle: bool,
+    batch_size: int | None,
+    classes_per_batch: int | None,
+    examples_per_class: int | None,
+    batches: int | None,
+) -> tuple[Sampler, int]:
+    """Check the batch-composition flags together; return the sampler and size."""
+    if shuffle and sampler not in (None, Sampler.SHUFFLE):
+        raise UsageError(f"--shuffle and --sampler {sampler} contradict each other")
+    picked = sampler or (Sampler.SHUFFLE if shuffle else Sampler.SEQUENTIAL)
+    balanced_only = {
+        "--classes-per-batch": classes_per_batch,
+        "--examples-per-class": examples_per_class,
+        "--batches": batches,
+    }
+    if picked is not Sampler.BALANCED:
+        given = [flag for flag, value in balanced_only.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} needs --sampler balanced")
+        return picked, batch_size or 256
+    if classes_per_batch is None or examples_per_class is None:
+        raise UsageError(
+            "--sampler balanced needs --classes-per-batch C and "
+            "--examples-per-class E (the batch size is C x E)"
+        )
+    size = classes_per_batch * examples_per_class
+    if batch_size is not None and batch_size != size:
+        raise UsageError(
+            f"--batch-size {batch_size} contradicts --classes-per-batch "
+            f"{classes_per_batch} x --examples-per-class {examples_per_class} = {size}"
+        )
+    return picked, size
 
 
 def _fail_on(failures: list[str]) -> None:

@@ -32,9 +32,12 @@ class EvalSettings:
 
     distances: list[Distance]
     batch_size: int = 256
-    shuffle: bool = False
+    sampler: str = "sequential"
     seed: int = 0
     device: str = "/CPU:0"
+    classes_per_batch: int | None = None
+    examples_per_class: int | None = None
+    batches: int | None = None
 
 
 @dataclass
@@ -46,7 +49,37 @@ class EvalResult:
     classes: int
     dimension: int
     device: str
+    health: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+
+
+class BatchHealth:
+    """Whether batches can have a gap at all: rows per class, anchors with pairs."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.items_per_class = 0.0
+        self.anchors = 0
+        self.with_pos = 0
+        self.with_neg = 0
+
+    def add(self, stack: Stack, stats: dict[str, np.ndarray]) -> None:
+        """Count the real batches of ``stack``."""
+        for i in range(stack.real):
+            labels = stack.labels[i, : stack.sizes[i]]
+            self.batches += 1
+            self.items_per_class += len(labels) / len(np.unique(labels))
+        self.anchors += int(stats["anchors"].sum())
+        self.with_pos += int(stats["anchors_with_pos"].sum())
+        self.with_neg += int(stats["anchors_with_neg"].sum())
+
+    def summary(self) -> dict[str, float]:
+        """Means over all batches and anchors."""
+        return {
+            "mean_rows_per_class": self.items_per_class / max(self.batches, 1),
+            "anchors_with_positive": self.with_pos / max(self.anchors, 1),
+            "anchors_with_negative": self.with_neg / max(self.anchors, 1),
+        }
 
 
 def stack_size(batch_size: int) -> int:
@@ -209,12 +242,37 @@ def evaluate(
 
     blocks = tracked(reader.blocks())
     spill = None
-    if settings.shuffle:
-        spill = batching.Spill(blocks)
-        batches = batching.shuffled(spill, settings.batch_size, settings.seed)
-    else:
+    warnings: list[str] = []
+    batches: Iterator[batching.Batch]
+    if settings.sampler == "sequential":
         batches = batching.sequential(blocks, settings.batch_size)
+    else:
+        spill = batching.Spill(blocks)
+        if settings.sampler == "shuffle":
+            batches = batching.shuffled(spill, settings.batch_size, settings.seed)
+        else:
+            try:
+                plan, batches = batching.balanced(
+                    spill,
+                    settings.classes_per_batch or 2,
+                    settings.examples_per_class or 2,
+                    settings.batches,
+                    settings.seed,
+                )
+            except BaseException:
+                spill.close()
+                raise
+            if plan.small_classes:
+                names = [reader.label_map.name(c) for c in plan.small_classes[:10]]
+                shown = ", ".join(names)
+                more = len(plan.small_classes) - 10
+                warnings.append(
+                    f"{len(plan.small_classes)} class(es) have fewer than "
+                    f"{settings.examples_per_class} rows and are drawn with "
+                    f"replacement: {shown}" + (f" and {more} more" if more > 0 else "")
+                )
 
+    health = BatchHealth()
     accumulators = {d: GapAccumulator() for d in settings.distances}
     k = stack_size(settings.batch_size)
     try:
@@ -233,6 +291,7 @@ def evaluate(
             }
             for distance, values in real.items():
                 accumulators[distance].add_batches(values)
+            health.add(stack, real[settings.distances[0]])
             if on_batches is not None:
                 on_batches(done, stack, real)
             done += stack.real
@@ -246,6 +305,8 @@ def evaluate(
         classes=len(classes),
         dimension=dim,
         device=evaluator.device,
+        health=health.summary(),
+        warnings=warnings,
     )
     _check_batches(result)
     return result
@@ -269,6 +330,14 @@ def _check_batches(result: EvalResult) -> None:
             f"pair ({no_pos} without a positive pair, {no_neg} without a negative "
             "pair), so there is no gap to report; try --shuffle or a larger "
             "--batch-size"
+        )
+    health = result.health
+    if health["mean_rows_per_class"] < 2 or health["anchors_with_positive"] < 0.5:
+        result.warnings.append(
+            f"batches hold {health['mean_rows_per_class']:.2f} rows per class on "
+            f"average and {health['anchors_with_positive']:.0%} of anchors have a "
+            "positive; the gap needs classes with 2 or more rows in a batch: try "
+            "--sampler balanced"
         )
     skipped = no_pos + no_neg
     if skipped and skipped * 10 >= total:

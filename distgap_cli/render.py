@@ -138,7 +138,7 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str
 
 def _title(doc: dict[str, Any]) -> str:
     settings = doc["settings"]
-    return f"distance gap, batches of {settings['batch_size']} ({settings['order']})"
+    return f"distance gap, batches of {settings['batch_size']} ({settings['sampler']})"
 
 
 def _caption(doc: dict[str, Any]) -> list[str]:

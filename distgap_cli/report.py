@@ -64,13 +64,16 @@ def build(
         "settings": {
             "mode": "batch",
             "batch_size": settings.batch_size,
-            "order": "shuffle" if settings.shuffle else "sequential",
-            "seed": settings.seed if settings.shuffle else None,
+            "sampler": settings.sampler,
+            "seed": None if settings.sampler == "sequential" else settings.seed,
+            "classes_per_batch": settings.classes_per_batch,
+            "examples_per_class": settings.examples_per_class,
             "limit": reader.options.limit,
             "on_invalid": reader.options.on_invalid,
             "distances": [d.value for d in settings.distances],
         },
         "device": result.device,
+        "batch_health": result.health,
         "results": results,
     }
     doc["gates"] = check_gates(doc, gates)

@@ -263,6 +263,23 @@ def test_golden_json_of_the_sample_data(cli, name, monkeypatch):
     _close(golden, got)
 
 
+@pytest.mark.parametrize("name", ["digits_pixels", "digits_trained"])
+def test_golden_json_agrees_with_an_independent_reference(name):
+    """The golden files are the tool's output; check them against float64 numpy."""
+    from .reference import batch_gaps
+
+    golden = json.loads((GOLDEN / f"{name}.json").read_text())
+    x = np.load(SAMPLE_DATA / f"{name}.embeddings.npy")
+    y = np.load(SAMPLE_DATA / f"{name}.labels.npy")
+    for result in golden["results"]:
+        gaps = np.array(batch_gaps(result["distance"], y, x, 256))
+        used = gaps[~np.isnan(gaps)]
+        assert result["batches"]["used"] == len(used)
+        assert result["gap"]["mean"] == pytest.approx(used.mean(), rel=1e-5)
+        assert result["gap"]["max"] == pytest.approx(used.max(), rel=1e-5)
+        assert result["last_gap"] == pytest.approx(used[-1], rel=1e-5, abs=1e-7)
+
+
 def test_npy_sample_data_gives_the_parquet_result(cli):
     from_parquet = as_json(cli("eval", TRAINED, "-d", "all", "-f", "json"))
     from_npy = as_json(

@@ -1,0 +1,166 @@
+"""Batch composition: sequential, shuffled and class-balanced samplers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distgap_cli import batching
+from distgap_cli.reading import Block
+
+from .conftest import SAMPLE_DATA, write_parquet
+
+PIXELS = SAMPLE_DATA / "digits_pixels.parquet"
+
+
+def _spill(labels, dim=3):
+    labels = np.asarray(labels, np.int64)
+    x = np.arange(len(labels) * dim, dtype=np.float32).reshape(len(labels), dim)
+    block = Block(x, labels, np.arange(len(labels), dtype=np.int64), 0)
+    return batching.Spill([block])
+
+
+def test_balanced_batches_hold_c_classes_of_e_rows():
+    labels = np.repeat(np.arange(6), [5, 6, 7, 8, 9, 10])
+    spill = _spill(labels)
+    try:
+        plan, batches = batching.balanced(spill, 3, 4, 20, seed=1)
+        assert (plan.classes, plan.small_classes, plan.batches) == (6, [], 20)
+        drawn = list(batches)
+        assert len(drawn) == 20
+        for batch in drawn:
+            classes, counts = np.unique(batch.labels, return_counts=True)
+            assert len(classes) == 3 and set(counts) == {4}
+            # Without replacement inside a batch: no row twice.
+            assert len(np.unique(batch.rows)) == 12
+            # Rows and labels stay paired; embeddings are the rows' own.
+            np.testing.assert_array_equal(labels[batch.rows], batch.labels)
+            np.testing.assert_array_equal(batch.embeddings[:, 0], batch.rows * 3)
+    finally:
+        spill.close()
+
+
+def test_small_classes_are_drawn_with_replacement_and_named():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+    spill = _spill(labels)
+    try:
+        plan, batches = batching.balanced(spill, 3, 3, None, seed=0)
+        assert plan.small_classes == [1]
+        assert plan.batches == 2  # 10 rows, 9 per batch: about once each
+        for batch in batches:
+            ones = batch.rows[batch.labels == 1]
+            assert len(ones) == 3 and set(ones) <= {4, 5}
+    finally:
+        spill.close()
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    labels = np.repeat(np.arange(10), 10)
+    spill = _spill(labels)
+    try:
+
+        def rows(seed):
+            return [b.rows.tolist() for b in batching.balanced(spill, 4, 3, 5, seed)[1]]
+
+        assert rows(7) == rows(7)
+        assert rows(7) != rows(8)
+    finally:
+        spill.close()
+
+
+def test_too_few_classes(cli):
+    out = cli(
+        "eval",
+        PIXELS,
+        "--sampler",
+        "balanced",
+        "--classes-per-batch",
+        "11",
+        "--examples-per-class",
+        "2",
+    )
+    assert out.exit_code == 2 and "has 10 classes" in out.stderr
+    assert out.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sampler", "balanced"], "--classes-per-batch C"),
+        (
+            [
+                "--sampler",
+                "balanced",
+                "--classes-per-batch",
+                "4",
+                "--examples-per-class",
+                "4",
+                "-b",
+                "32",
+            ],
+            "contradicts",
+        ),
+        (["--classes-per-batch", "4"], "needs --sampler balanced"),
+        (["--shuffle", "--sampler", "balanced"], "contradict"),
+    ],
+)
+def test_sampler_usage_errors(cli, args, message):
+    out = cli("eval", PIXELS, *args)
+    assert out.exit_code == 2 and message in out.stderr
+
+
+def test_balanced_sample_data_gives_every_anchor_both_pairs(cli):
+    args = (
+        "eval",
+        PIXELS,
+        "--sampler",
+        "balanced",
+        "--classes-per-batch",
+        "8",
+        "--examples-per-class",
+        "4",
+        "-f",
+        "json",
+        "--seed",
+        "5",
+    )
+    out = cli(*args)
+    assert out.exit_code == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["batch_health"] == {
+        "mean_rows_per_class": 4.0,
+        "anchors_with_positive": 1.0,
+        "anchors_with_negative": 1.0,
+    }
+    result = doc["results"][0]
+    assert result["batches"]["total"] == result["batches"]["used"] == 57
+    assert result["rows"] == 57 * 32
+    assert doc["settings"]["sampler"] == "balanced"
+    assert doc["settings"]["batch_size"] == 32
+    assert cli(*args).stdout == out.stdout
+
+
+def test_singleton_batches_warn_about_health(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(400) // 2  # pairs of rows, 200 classes
+    order = rng.permutation(400)
+    path = write_parquet(
+        tmp_path / "pairs.parquet", rng.normal(size=(400, 4)), labels[order]
+    )
+    out = cli("eval", path, "-b", "16")
+    assert out.exit_code == 0
+    assert "rows per class on average" in out.stderr
+    assert "--sampler balanced" in out.stderr
+    fixed = cli(
+        "eval",
+        path,
+        "--sampler",
+        "balanced",
+        "--classes-per-batch",
+        "8",
+        "--examples-per-class",
+        "2",
+    )
+    assert fixed.exit_code == 0 and "rows per class" not in fixed.stderr
