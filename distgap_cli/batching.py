@@ -37,11 +37,18 @@ class Batch:
     files: np.ndarray
 
 
-def sequential(blocks: Iterable[Block], batch_size: int) -> Iterator[Batch]:
-    """Batches in read order."""
+def sequential(
+    blocks: Iterable[Block], batch_size: int, *, split_files: bool = False
+) -> Iterator[Batch]:
+    """Batches in read order; with ``split_files``, no batch spans two files (the
+    last batch of each file may be short)."""
     pending: list[Block] = []
     held = 0
     for block in blocks:
+        if split_files and held and pending[-1].file != block.file:
+            batch, pending = _cut(pending, held)
+            held = 0
+            yield batch
         pending.append(block)
         held += len(block.labels)
         while held >= batch_size:

@@ -10,9 +10,10 @@ import contextlib
 import enum
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -53,6 +54,13 @@ class Sampler(enum.StrEnum):
     SEQUENTIAL = "sequential"
     SHUFFLE = "shuffle"
     BALANCED = "balanced"
+
+
+class Mode(enum.StrEnum):
+    """Batch-by-batch or whole-dataset evaluation."""
+
+    BATCH = "batch"
+    EXACT = "exact"
 
 
 class OnInvalid(enum.StrEnum):
@@ -280,6 +288,57 @@ def eval_command(
         typer.Option(help="A saved JSON report to compare with (see --max-drop)."),
     ] = None,
     max_drop: MaxDropOpt = None,
+    mode: Annotated[
+        Mode,
+        typer.Option(
+            help="batch: per-batch figures, as the training metric sees them; "
+            "exact: every row against every other row of the dataset."
+        ),
+    ] = Mode.BATCH,
+    anchors: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--mode exact: use N rows drawn at random (--seed) as anchors "
+            "against every row. [default: every row]",
+            show_default=False,
+        ),
+    ] = None,
+    memory_limit: Annotated[
+        str,
+        typer.Option(
+            help="--mode exact: hold rows in memory up to this size (e.g. 512M, "
+            "2G), spill to a temporary file beyond it."
+        ),
+    ] = "2G",
+    per_class: Annotated[
+        bool,
+        typer.Option(
+            "--per-class",
+            help="Add a per-class breakdown, worst classes first.",
+        ),
+    ] = False,
+    top: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --per-class: show the K worst classes."),
+    ] = None,
+    per_file: Annotated[
+        bool,
+        typer.Option("--per-file", help="Add one result per input file."),
+    ] = False,
+    per_row: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write each anchor's figures (row, file, label, hardest positive "
+            "and negative, margin, nearest negative's row) to FILE as Parquet.",
+        ),
+    ] = None,
+    min_precision_at_1: Annotated[
+        float | None,
+        typer.Option(
+            help="Gate (--mode exact): fail unless precision@1 is at least X."
+        ),
+    ] = None,
     device: Annotated[
         str, typer.Option(help="Where to compute: auto, cpu, gpu or gpu:N.")
     ] = "auto",
@@ -297,9 +356,33 @@ def eval_command(
             raise UsageError(
                 "--per-batch streams JSON lines; use --format jsonl (its default)"
             )
-        picked, size = _sampling(
-            sampler, shuffle, batch_size, classes_per_batch, examples_per_class, batches
-        )
+        exact = mode is Mode.EXACT
+        if exact:
+            _check_exact_flags(
+                sampler, shuffle, batch_size, classes_per_batch, per_batch, batches
+            )
+            picked, size = Sampler.SEQUENTIAL, 0
+        else:
+            if anchors is not None or memory_limit != "2G":
+                raise UsageError("--anchors and --memory-limit need --mode exact")
+            if min_precision_at_1 is not None:
+                raise UsageError(
+                    "--min-precision-at-1 needs --mode exact (batch mode has no "
+                    "precision@1)"
+                )
+            picked, size = _sampling(
+                sampler,
+                shuffle,
+                batch_size,
+                classes_per_batch,
+                examples_per_class,
+                batches,
+            )
+            if per_file and picked is not Sampler.SEQUENTIAL:
+                raise UsageError("--per-file in batch mode needs --sampler sequential")
+        if top is not None and not per_class:
+            raise UsageError("--top needs --per-class")
+        limit_bytes = _parse_size(memory_limit)
         from distgap_cli import engine, report, sources
         from distgap_cli.reading import Reader
 
@@ -307,6 +390,13 @@ def eval_command(
         if drop is not None and baseline is None:
             raise UsageError("--max-drop needs --baseline FILE to compare with")
         previous = report.load_report(str(baseline)) if baseline else None
+        gates = {
+            "min_gap": min_gap,
+            "min_margin": min_margin,
+            "max_violation_rate": max_violation_rate,
+            "min_precision_at_1": min_precision_at_1,
+        }
+        wants_anchors = per_class or per_row is not None
 
         found = sources.discover(paths)
         with _opened(output) as out:
@@ -320,29 +410,56 @@ def eval_command(
                     on_invalid.value,
                     limit,
                 )
+                options.files_apart = per_file and not exact
                 reader = Reader(found, options)
-                settings = engine.EvalSettings(
-                    distances=chosen,
-                    batch_size=size,
-                    sampler=picked.value,
-                    seed=seed,
-                    device=device,
-                    classes_per_batch=classes_per_batch,
-                    examples_per_class=examples_per_class,
-                    batches=batches,
-                )
                 err = _err_console()
-                stream = _batch_streamer(out) if per_batch else None
-                with _progress(err, quiet, reader) as advance:
-                    result = engine.evaluate(reader, settings, advance, stream)
+                result: Any
+                if exact:
+                    from distgap_cli import exact as exact_mode
+
+                    exact_settings = exact_mode.ExactSettings(
+                        distances=chosen,
+                        anchors=anchors,
+                        seed=seed,
+                        memory_limit=limit_bytes,
+                        device=device,
+                        per_file=per_file,
+                    )
+                    with _progress(err, quiet, reader) as advance:
+                        result = exact_mode.evaluate_exact(
+                            reader, exact_settings, advance
+                        )
+                    doc = report.build_exact(result, reader, gates)
+                else:
+                    settings = engine.EvalSettings(
+                        distances=chosen,
+                        batch_size=size,
+                        sampler=picked.value,
+                        seed=seed,
+                        device=device,
+                        classes_per_batch=classes_per_batch,
+                        examples_per_class=examples_per_class,
+                        batches=batches,
+                        per_file=per_file,
+                        per_anchor=wants_anchors,
+                    )
+                    stream = _batch_streamer(out) if per_batch else None
+                    with _progress(err, quiet, reader) as advance:
+                        result = engine.evaluate(reader, settings, advance, stream)
+                    doc = report.build(result, reader, gates)
             finally:
                 sources.release(found)
-            gates = {
-                "min_gap": min_gap,
-                "min_margin": min_margin,
-                "max_violation_rate": max_violation_rate,
-            }
-            doc = report.build(result, reader, gates)
+            if per_class:
+                report.add_per_class(doc, result.anchors, reader, top)
+            if per_row is not None:
+                from distgap_cli.breakdown import write_per_row
+
+                write_per_row(
+                    str(per_row),
+                    {d.value: a for d, a in result.anchors.items()},
+                    [src.name for src in reader.sources],
+                    reader.label_map,
+                )
             if previous is not None:
                 doc["baseline"] = {
                     "file": str(baseline),
@@ -366,6 +483,43 @@ def eval_command(
         if "baseline" in doc:
             failures += report.failed_comparisons(doc["baseline"])
         _fail_on(failures)
+
+
+def _check_exact_flags(
+    sampler: Sampler | None,
+    shuffle: bool,
+    batch_size: int | None,
+    classes_per_batch: int | None,
+    per_batch: bool,
+    batches: int | None,
+) -> None:
+    """Reject batch-mode flags in exact mode, where there are no batches."""
+    given = {
+        "--sampler": sampler is not None,
+        "--shuffle": shuffle,
+        "--batch-size": batch_size is not None,
+        "--classes-per-batch": classes_per_batch is not None,
+        "--batches": batches is not None,
+        "--per-batch": per_batch,
+    }
+    clash = [flag for flag, on in given.items() if on]
+    if clash:
+        raise UsageError(f"{', '.join(clash)} has no meaning with --mode exact")
+
+
+def _parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``100000`` (bytes) as a number of bytes."""
+    raw = text.strip().upper().removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    factor = scale.get(raw[-1:], 1)
+    number = raw[:-1] if raw[-1:] in scale else raw
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise UsageError(f"--memory-limit {text!r}: expected a size such as 512M or 2G")
+    return int(value * factor)
 
 
 @app.command("compare")
@@ -506,17 +660,28 @@ def _fail_on(failures: list[str]) -> None:
 
 @contextlib.contextmanager
 def _opened(output: Path | None) -> Iterator[TextIO]:
-    """The report's destination: ``output`` if given, else stdout."""
+    """The report's destination: stdout, or ``output`` written to a temporary file
+    beside it and moved into place only when the command succeeds, so a failed run
+    never leaves a truncated report where a good one was."""
     if output is None:
         yield sys.stdout
         sys.stdout.flush()
         return
+    folder = output.parent if str(output.parent) else Path(".")
     try:
-        handle = open(output, "w", encoding="utf-8")  # noqa: SIM115
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below)
+            "w", encoding="utf-8", dir=folder, prefix=f".{output.name}.", delete=False
+        )
     except OSError as exc:
         raise UsageError(f"cannot write --output {output}: {exc.strerror}") from None
-    with handle:
-        yield handle
+    try:
+        with handle:
+            yield cast(TextIO, handle)
+        os.replace(handle.name, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
 
 
 def _console(out: TextIO) -> Console:

@@ -82,46 +82,45 @@ def _squared_distances(z: Any) -> Any:
     return tf.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
 
 
-def _manhattan(x: Any) -> Any:
-    """Sum of absolute differences, tiled over anchors to bound memory."""
-    shape = tf.shape(x)
-    k, b, d = shape[0], shape[1], shape[2]
-    per_anchor = tf.maximum(k * b * d, 1)
+def _manhattan(a: Any, c: Any) -> Any:
+    """Sums of absolute differences ``[K, A, C]``, tiled over anchors so that the
+    broadcast temporary stays under ``_TILE_ELEMENTS`` values."""
+    shape = tf.shape(a)
+    k, n, d = shape[0], shape[1], shape[2]
+    per_anchor = tf.maximum(k * tf.shape(c)[1] * d, 1)
     rows = tf.maximum(_TILE_ELEMENTS // per_anchor, 1)
-    tiles = (b + rows - 1) // rows
-    padded = tf.pad(x, [[0, 0], [0, tiles * rows - b], [0, 0]])
+    tiles = (n + rows - 1) // rows
+    padded = tf.pad(a, [[0, 0], [0, tiles * rows - n], [0, 0]])
     anchors = tf.transpose(tf.reshape(padded, [k, tiles, rows, d]), [1, 0, 2, 3])
 
     def one_tile(tile: Any) -> Any:
-        diff = tf.abs(tile[:, :, None, :] - x[:, None, :, :])
+        diff = tf.abs(tile[:, :, None, :] - c[:, None, :, :])
         return tf.reduce_sum(diff, axis=-1)
 
     out = tf.map_fn(
         one_tile,
         anchors,
-        fn_output_signature=tf.TensorSpec([None, None, None], x.dtype),
+        fn_output_signature=tf.TensorSpec([None, None, None], a.dtype),
         parallel_iterations=1,
     )
-    out = tf.reshape(tf.transpose(out, [1, 0, 2, 3]), [k, tiles * rows, b])
-    return out[:, :b, :]
+    out = tf.reshape(tf.transpose(out, [1, 0, 2, 3]), [k, tiles * rows, -1])
+    return out[:, :n, :]
 
 
-def _prepared(distance: Distance, x: Any, mask: Any) -> tuple[Any, Any]:
-    """The rows the matrix form and the direct recomputation work on."""
+def _gram_rows(distance: Distance, x: Any, mask: Any) -> Any:
+    """The rows whose Gram matrix :func:`pairwise` works from."""
     if distance is Distance.COSINE:
-        unit = tf.math.l2_normalize(x, axis=-1)
-        return unit, unit
+        return tf.math.l2_normalize(x, axis=-1)
     if distance in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN):
-        return x - _masked_mean(x, mask), x
+        return x - _masked_mean(x, mask)
     if distance is Distance.SNR:
-        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
-        return centred, x
-    return x, x
+        return x - tf.reduce_mean(x, axis=-1, keepdims=True)
+    return x
 
 
 def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
     """The ``[K, B, B]`` distance matrix of each batch (row i is the anchor)."""
-    z, _ = _prepared(distance, x, mask)
+    z = _gram_rows(distance, x, mask)
     if distance is Distance.COSINE:
         gram = tf.linalg.matmul(z, z, transpose_b=True)
         return tf.clip_by_value(1.0 - gram, 0.0, 2.0)
@@ -130,7 +129,7 @@ def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
     if distance is Distance.SQUARED_EUCLIDEAN:
         return _squared_distances(z)
     if distance is Distance.MANHATTAN:
-        return _manhattan(x)
+        return _manhattan(x, x)
     if distance is Distance.INNER_PRODUCT:
         return tf.linalg.matmul(x, x, transpose_b=True)
     # snr: var(e_i - e_j) / var(e_i) = |c_i - c_j|^2 / |c_i|^2 for centred rows c;
@@ -158,29 +157,49 @@ def _needs_refinement(distance: Distance) -> bool:
     return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
 
 
-def _ranking(distance: Distance, x: Any, mask: Any) -> Any:
-    """A ``[K, B, B]`` matrix ordered like the distances along each anchor's row.
+def _ranking(distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
+    """A ``[K, A, C]`` matrix ordered like the distances along each anchor's row.
 
     Cheaper than :func:`pairwise`: terms constant along a row (the anchor's own
     norm, the snr denominator) and monotone maps (square root, ``1 - x``) are left
     out, because only which candidate is hardest matters here; the values of the
-    picked pairs are measured directly afterwards.
+    picked pairs are measured directly afterwards. Anchors and candidates are
+    shifted by the same vector (the candidates' mean) where translation changes
+    nothing, which keeps the Gram form from cancelling.
     """
-    z, _ = _prepared(distance, x, mask)
+    if distance is Distance.MANHATTAN:
+        return _manhattan(a, c)
+    if distance is Distance.INNER_PRODUCT:
+        return tf.linalg.matmul(a, c, transpose_b=True)
     if distance is Distance.COSINE:
-        return -tf.linalg.matmul(z, z, transpose_b=True)
-    if distance in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN, Distance.SNR):
-        if distance is Distance.SNR:
-            z = z - _masked_mean(z, mask)
-        sq = tf.reduce_sum(z * z, axis=-1)
-        return sq[:, None, :] - tf.linalg.matmul(2.0 * z, z, transpose_b=True)
-    return pairwise(distance, x, mask)
+        ua = tf.math.l2_normalize(a, axis=-1)
+        uc = tf.math.l2_normalize(c, axis=-1)
+        return -tf.linalg.matmul(ua, uc, transpose_b=True)
+    if distance is Distance.SNR:
+        a = a - tf.reduce_mean(a, axis=-1, keepdims=True)
+        c = c - tf.reduce_mean(c, axis=-1, keepdims=True)
+    shift = _masked_mean(c, c_mask)
+    za, zc = a - shift, c - shift
+    sq = tf.reduce_sum(zc * zc, axis=-1)
+    return sq[:, None, :] - tf.linalg.matmul(2.0 * za, zc, transpose_b=True)
+
+
+def _measured(distance: Distance, a: Any, c: Any, picks: Any, ranking: Any) -> Any:
+    """Distances from each anchor of ``a`` ``[K, A, d]`` to the candidates of
+    ``c`` ``[K, C, d]`` at ``picks`` ``[K, A, m]``, from direct differences."""
+    if not _needs_refinement(distance):
+        return tf.gather(ranking, picks, batch_dims=2)
+    if distance is Distance.COSINE:
+        a = tf.math.l2_normalize(a, axis=-1)
+        c = tf.math.l2_normalize(c, axis=-1)
+    partners = tf.gather(c, picks, batch_dims=1)
+    return _direct(distance, a[:, :, None, :], partners)
 
 
 def _hardest_only(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorStats:
     """The hardest positive and negative of every anchor, in as few passes over
     the ``[K, B, B]`` matrix as possible (the command line's hot path)."""
-    ranking = _ranking(distance, x, mask)
+    ranking = _ranking(distance, x, x, mask)
     inf = tf.constant(float("inf"), ranking.dtype)
 
     # Candidates that are absent (padding, weight 0) or the anchor itself lose.
@@ -195,12 +214,7 @@ def _hardest_only(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorS
     has_neg = mask & (tf.gather(neg_scores, hn_idx, batch_dims=2) < inf)
 
     picks = tf.stack([hp_idx, hn_idx], axis=-1)
-    if _needs_refinement(distance):
-        _, rows = _prepared(distance, x, mask)
-        partners = tf.gather(rows, picks, batch_dims=1)
-        values = _direct(distance, rows[:, :, None, :], partners)
-    else:
-        values = tf.gather(ranking, picks, batch_dims=2)
+    values = _measured(distance, x, x, picks, ranking)
     nan = tf.constant(float("nan"), ranking.dtype)
     return AnchorStats(
         hardest_pos=tf.where(has_pos, values[..., 0], nan),
@@ -256,13 +270,7 @@ def anchor_stats(
         tf.argmin(tf.where(pos, matrix, inf), axis=-1, output_type=tf.int32),
         tf.argmax(tf.where(neg, matrix, -inf), axis=-1, output_type=tf.int32),
     ]
-    stacked = tf.stack(picks, axis=-1)
-    if _needs_refinement(distance):
-        _, rows = _prepared(distance, x, mask)
-        partners = tf.gather(rows, stacked, batch_dims=1)
-        values = _direct(distance, rows[:, :, None, :], partners)
-    else:
-        values = tf.gather(matrix, stacked, batch_dims=2)
+    values = _measured(distance, x, x, tf.stack(picks, axis=-1), matrix)
 
     # Anchors without a positive (or negative) get NaN, never a fallback number.
     nan = tf.constant(float("nan"), matrix.dtype)
@@ -281,6 +289,76 @@ def anchor_stats(
         has_neg=has_neg,
         hardest_pos_index=tf.where(has_pos, picks[0], -1),
         hardest_neg_index=tf.where(has_neg, picks[1], -1),
+    )
+
+
+class CrossStats(NamedTuple):
+    """Each anchor's extreme positive and negative candidates, ``[A]`` each.
+
+    Values are measured from direct differences; ``-inf``/``inf`` (and index -1)
+    where the anchor has no such candidate among those given.
+    """
+
+    max_pos: Any
+    max_pos_index: Any
+    min_pos: Any
+    min_pos_index: Any
+    min_neg: Any
+    min_neg_index: Any
+    max_neg: Any
+    max_neg_index: Any
+
+
+def cross_extremes(
+    distance: Distance,
+    a: Any,
+    a_labels: Any,
+    a_ids: Any,
+    c: Any,
+    c_labels: Any,
+    c_ids: Any,
+    c_mask: Any,
+) -> CrossStats:
+    """Farthest and nearest positive and negative of anchors among candidates.
+
+    The whole-dataset (exact) mode calls this on tiles of anchors ``a`` ``[A, d]``
+    against tiles of candidates ``c`` ``[C, d]``; a candidate with the anchor's
+    own id is the anchor itself and is left out, as are candidates outside
+    ``c_mask``. Indices point into ``c``.
+    """
+    if a.dtype in (tf.float16, tf.bfloat16):
+        a, c = tf.cast(a, tf.float32), tf.cast(c, tf.float32)
+    ranking = _ranking(distance, a[None], c[None], c_mask[None])
+    inf = tf.constant(float("inf"), ranking.dtype)
+    usable = tf.not_equal(a_ids[:, None], c_ids[None, :]) & c_mask[None, :]
+    same = tf.equal(a_labels[:, None], c_labels[None, :])
+    pos = (same & usable)[None]
+    neg = (~same & usable)[None]
+    picks = tf.stack(
+        [
+            tf.argmax(tf.where(pos, ranking, -inf), -1, output_type=tf.int32),
+            tf.argmin(tf.where(pos, ranking, inf), -1, output_type=tf.int32),
+            tf.argmin(tf.where(neg, ranking, inf), -1, output_type=tf.int32),
+            tf.argmax(tf.where(neg, ranking, -inf), -1, output_type=tf.int32),
+        ],
+        axis=-1,
+    )
+    values = _measured(distance, a[None], c[None], picks, ranking)[0]
+    picks = picks[0]
+    has_pos = tf.reduce_any(pos[0], axis=-1)
+    has_neg = tf.reduce_any(neg[0], axis=-1)
+
+    def pick(i: int, present: Any, empty: Any) -> tuple[Any, Any]:
+        return (
+            tf.where(present, values[:, i], empty),
+            tf.where(present, picks[:, i], -1),
+        )
+
+    return CrossStats(
+        *pick(0, has_pos, -inf),
+        *pick(1, has_pos, inf),
+        *pick(2, has_neg, inf),
+        *pick(3, has_neg, -inf),
     )
 
 

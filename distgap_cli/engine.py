@@ -18,6 +18,7 @@ import numpy as np
 
 from distgap_cli import batching
 from distgap_cli.accumulate import GapAccumulator
+from distgap_cli.breakdown import PerAnchor
 from distgap_cli.distances import Distance
 from distgap_cli.errors import NoResultError
 from distgap_cli.reading import Reader
@@ -38,6 +39,8 @@ class EvalSettings:
     classes_per_batch: int | None = None
     examples_per_class: int | None = None
     batches: int | None = None
+    per_file: bool = False
+    per_anchor: bool = False
 
 
 @dataclass
@@ -47,10 +50,12 @@ class EvalResult:
     settings: EvalSettings
     accumulators: dict[Distance, GapAccumulator]
     classes: int
-    dimension: int
+    dimension: int | None
     device: str
     health: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    per_file: dict[int, dict[Distance, GapAccumulator]] = field(default_factory=dict)
+    anchors: dict[Distance, PerAnchor] | None = None
 
 
 class BatchHealth:
@@ -90,7 +95,9 @@ def stack_size(batch_size: int) -> int:
 class BatchEvaluator:
     """A compiled function from a stack of batches to per-batch statistics."""
 
-    def __init__(self, distances: list[Distance], device: str) -> None:
+    def __init__(
+        self, distances: list[Distance], device: str, per_anchor: bool = False
+    ) -> None:
         from distgap_cli import core
         from distgap_cli.backend import resolve_device
 
@@ -103,6 +110,12 @@ class BatchEvaluator:
             for distance in distances:
                 anchors = core.anchor_stats(distance, labels, x, mask, full=False)
                 out[distance.value] = core.batch_stats(anchors, mask)._asdict()
+                if per_anchor:
+                    out[distance.value].update(
+                        anchor_hardest_pos=anchors.hardest_pos,
+                        anchor_hardest_neg=anchors.hardest_neg,
+                        anchor_neg_index=anchors.hardest_neg_index,
+                    )
             return out
 
         self._fn = tf.function(evaluate, reduce_retracing=True)
@@ -133,6 +146,8 @@ class Stack:
     real: int
     sizes: np.ndarray
     first_rows: np.ndarray
+    rows: np.ndarray
+    files: np.ndarray
 
 
 def _stacks(
@@ -141,6 +156,10 @@ def _stacks(
     """Group batches into stacks of ``k``; each stack owns fresh arrays."""
     stack: list[batching.Batch] = []
     for batch in batches:
+        if stack and batch.embeddings.shape[1] != stack[0].embeddings.shape[1]:
+            # Files evaluated apart may differ in dimension: never mix them.
+            yield _pack(stack, batch_size, k)
+            stack = []
         stack.append(batch)
         if len(stack) == k:
             yield _pack(stack, batch_size, k)
@@ -154,11 +173,15 @@ def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
     labels = np.zeros((k, batch_size), np.int64)
     x = np.zeros((k, batch_size, dim), np.float32)
     mask = np.zeros((k, batch_size), bool)
+    rows = np.full((k, batch_size), -1, np.int64)
+    files = np.zeros((k, batch_size), np.int32)
     for i, batch in enumerate(stack):
         n = len(batch.labels)
         labels[i, :n] = batch.labels
         x[i, :n] = batch.embeddings
         mask[i, :n] = True
+        rows[i, :n] = batch.rows
+        files[i, :n] = batch.files
     return Stack(
         labels,
         x,
@@ -166,6 +189,8 @@ def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
         len(stack),
         sizes=np.array([len(b.labels) for b in stack]),
         first_rows=np.array([b.rows[0] for b in stack]),
+        rows=rows,
+        files=files,
     )
 
 
@@ -245,7 +270,9 @@ def evaluate(
     warnings: list[str] = []
     batches: Iterator[batching.Batch]
     if settings.sampler == "sequential":
-        batches = batching.sequential(blocks, settings.batch_size)
+        batches = batching.sequential(
+            blocks, settings.batch_size, split_files=settings.per_file
+        )
     else:
         spill = batching.Spill(blocks)
         if settings.sampler == "shuffle":
@@ -273,14 +300,18 @@ def evaluate(
                 )
 
     health = BatchHealth()
+    dims: set[int] = set()
+    per_file: dict[int, dict[Distance, GapAccumulator]] = {}
+    anchor_parts: dict[Distance, list[PerAnchor]] = {d: [] for d in settings.distances}
     accumulators = {d: GapAccumulator() for d in settings.distances}
     k = stack_size(settings.batch_size)
     try:
         first = next(batches, None)
         if first is None:
             raise NoResultError("the input holds no valid rows")
-        dim = first.embeddings.shape[1]
-        evaluator = BatchEvaluator(settings.distances, settings.device)
+        evaluator = BatchEvaluator(
+            settings.distances, settings.device, settings.per_anchor
+        )
         chained = _prepend(first, batches)
         done = 0
         for stack in prefetch(_stacks(chained, settings.batch_size, k)):
@@ -292,6 +323,12 @@ def evaluate(
             for distance, values in real.items():
                 accumulators[distance].add_batches(values)
             health.add(stack, real[settings.distances[0]])
+            dims.add(stack.x.shape[2])
+            if settings.per_file:
+                _add_per_file(per_file, stack, real)
+            if settings.per_anchor:
+                for distance, values in real.items():
+                    anchor_parts[distance].append(_per_anchor(stack, values))
             if on_batches is not None:
                 on_batches(done, stack, real)
             done += stack.real
@@ -303,13 +340,60 @@ def evaluate(
         settings=settings,
         accumulators=accumulators,
         classes=len(classes),
-        dimension=dim,
+        dimension=dims.pop() if len(dims) == 1 else None,
         device=evaluator.device,
         health=health.summary(),
         warnings=warnings,
+        per_file=per_file,
+        anchors=(
+            {d: PerAnchor.concat(parts) for d, parts in anchor_parts.items()}
+            if settings.per_anchor
+            else None
+        ),
     )
     _check_batches(result)
     return result
+
+
+def _add_per_file(
+    per_file: dict[int, dict[Distance, GapAccumulator]],
+    stack: Stack,
+    stats: dict[Distance, dict[str, np.ndarray]],
+) -> None:
+    """Accumulate each batch into its file's state (batches never span files)."""
+    for i in range(stack.real):
+        owner = int(stack.files[i, 0])
+        states = per_file.setdefault(owner, {d: GapAccumulator() for d in stats})
+        for distance, values in stats.items():
+            states[distance].add_batches(
+                {
+                    k: v[i : i + 1]
+                    for k, v in values.items()
+                    if not k.startswith("anchor_")
+                }
+            )
+
+
+def _per_anchor(stack: Stack, values: dict[str, np.ndarray]) -> PerAnchor:
+    """The anchors of a stack's real batches, with global rows for partners."""
+    parts = []
+    for i in range(stack.real):
+        n = int(stack.sizes[i])
+        index = values["anchor_neg_index"][i, :n]
+        found = index >= 0
+        safe = np.where(found, index, 0)
+        parts.append(
+            PerAnchor(
+                rows=stack.rows[i, :n],
+                files=stack.files[i, :n],
+                labels=stack.labels[i, :n],
+                hardest_pos=values["anchor_hardest_pos"][i, :n].astype(np.float64),
+                hardest_neg=values["anchor_hardest_neg"][i, :n].astype(np.float64),
+                nearest_neg_row=np.where(found, stack.rows[i, safe], -1),
+                nearest_neg_label=stack.labels[i, safe],
+            )
+        )
+    return PerAnchor.concat(parts)
 
 
 def _prepend(first: batching.Batch, rest: Iterator[batching.Batch]) -> Iterator[Any]:

@@ -59,6 +59,8 @@ class ReadOptions:
         need_direction: reject all-zero rows (cosine).
         need_variance: reject rows with zero variance (snr).
         limit: read only the first ``limit`` rows.
+        files_apart: files are evaluated apart (``--per-file``), so each may have
+            its own dimension.
     """
 
     embedding_column: str | None = None
@@ -69,6 +71,7 @@ class ReadOptions:
     need_direction: bool = False
     need_variance: bool = False
     limit: int | None = None
+    files_apart: bool = False
 
 
 @dataclass
@@ -199,6 +202,8 @@ class Reader:
         for index, source in enumerate(self.sources):
             if self._limit_reached():
                 return
+            if self.options.files_apart:
+                self.dim, self._dim_origin = None, None
             if source.kind == src.NPY:
                 labels = None
                 if self.options.labels:

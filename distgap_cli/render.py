@@ -80,37 +80,39 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("violation rate", _stat("violation_rate", digits=4)),
 ]
 
-CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
-    ("distance", ("distance",)),
-    ("rows", ("rows",)),
-    ("batches_total", ("batches", "total")),
-    ("batches_used", ("batches", "used")),
-    ("skipped_no_negative_pair", ("batches", "skipped", "no_negative_pair")),
-    ("skipped_no_positive_pair", ("batches", "skipped", "no_positive_pair")),
-    ("last_gap", ("last_gap",)),
+EXACT_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("anchors", _stat("anchors")),
+    ("anchors without a positive", _stat("anchors_without_positive")),
+    ("max_pos", _stat("max_pos")),
+    ("min_neg", _stat("min_neg")),
+    ("gap", _stat("gap")),
+    ("margin", _stat("margin")),
+    ("violation rate", _stat("violation_rate", digits=4)),
+    ("precision@1", _stat("precision_at_1", digits=4)),
+    ("mean hardest positive", _stat("mean_hardest_pos")),
+    ("mean hardest negative", _stat("mean_hardest_neg")),
     *[
-        (f"{group}_{stat}", (group, stat))
-        for group in ("gap", "margin", "max_pos", "min_neg")
-        for stat in ("mean", "std", "min", "max")
+        (f"row margin p{q}", _stat("margin_percentiles", f"p{q}"))
+        for q in (1, 5, 50, 95, 99)
     ],
-    ("mean_hardest_pos", ("mean_hardest_pos",)),
-    ("mean_hardest_neg", ("mean_hardest_neg",)),
-    ("violation_rate", ("violation_rate",)),
 ]
-
 
 _COMPARED_ROWS = {
     "gap mean": "gap",
     "margin mean": "margin",
+    "gap": "gap",
+    "margin": "margin",
     "violation rate": "violation_rate",
+    "precision@1": "precision_at_1",
 }
 
 
 def _rows(doc: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     """The table's rows; with a baseline, its value and the change follow each
     compared statistic."""
+    base = EXACT_ROWS if doc["settings"]["mode"] == "exact" else ROWS
     if "baseline" not in doc:
-        return ROWS
+        return base
     found = {(c["distance"], c["statistic"]): c for c in doc["baseline"]["comparisons"]}
 
     def beside(statistic: str, key: str) -> Callable[[dict[str, Any]], str]:
@@ -127,7 +129,7 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str
         return read
 
     rows = []
-    for label, read in ROWS:
+    for label, read in base:
         rows.append((label, read))
         statistic = _COMPARED_ROWS.get(label)
         if statistic:
@@ -138,6 +140,10 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str
 
 def _title(doc: dict[str, Any]) -> str:
     settings = doc["settings"]
+    if settings["mode"] == "exact":
+        anchors = settings["anchors"]
+        who = "every row" if anchors is None else f"{anchors} sampled rows"
+        return f"distance gap over the whole dataset, {who} against every row"
     return f"distance gap, batches of {settings['batch_size']} ({settings['sampler']})"
 
 
@@ -146,7 +152,7 @@ def _caption(doc: dict[str, Any]) -> list[str]:
     files = inp["files"]
     shown = files[0] if len(files) == 1 else f"{len(files)} files"
     lines = [
-        f"{shown}: {inp['rows']} rows, dimension {inp['dimension']}, "
+        f"{shown}: {inp['rows']} rows, dimension {inp['dimension'] or 'per file'}, "
         f"{inp['classes']} classes, on {doc['device']}"
     ]
     if inp["dropped"]:
@@ -183,6 +189,78 @@ def table(doc: dict[str, Any], console: Console) -> None:
                 console.print(f"  {label.strip()}: {read(entry)}", soft_wrap=True)
     for line in _caption(doc):
         console.print(escape(line), soft_wrap=True)
+    if "per_file" in doc:
+        _breakdown(console, "per file", _per_file_rows(doc))
+    for name, classes in doc.get("per_class", {}).items():
+        _breakdown(
+            console, f"per class, {name} (worst first)", _per_class_rows(classes)
+        )
+
+
+def _per_file_rows(doc: dict[str, Any]) -> list[dict[str, str]]:
+    exact = doc["settings"]["mode"] == "exact"
+    rows = []
+    for part in doc["per_file"]:
+        for entry in part["results"]:
+            row = {"file": part["file"], "distance": entry["distance"]}
+            if exact:
+                row.update(
+                    gap=_number(entry["gap"]),
+                    margin=_number(entry["margin"]),
+                    precision_at_1=_number(entry["precision_at_1"], 4),
+                )
+            else:
+                row.update(
+                    batches=_batches(entry),
+                    gap_mean=_number(entry["gap"]["mean"]),
+                    margin_mean=_number(entry["margin"]["mean"]),
+                )
+            row["violation_rate"] = _number(entry["violation_rate"], 4)
+            rows.append(row)
+    return rows
+
+
+def _per_class_rows(classes: list[dict[str, Any]]) -> list[dict[str, str]]:
+    rows = []
+    for c in classes:
+        row = {
+            "class": c["label"],
+            "size": str(c["size"]),
+            "hardest pos": _number(c["mean_hardest_pos"]),
+            "hardest neg": _number(c["mean_hardest_neg"]),
+            "violation rate": _number(c["violation_rate"], 4),
+        }
+        if "precision_at_1" in c:
+            row["precision@1"] = _number(c["precision_at_1"], 4)
+        confused = c["most_confused_with"]
+        row["most confused with"] = (
+            "n/a"
+            if confused is None
+            else f"{confused} ({c['most_confused_share']:.0%})"
+        )
+        rows.append(row)
+    return rows
+
+
+def _breakdown(console: Console, title: str, rows: list[dict[str, str]]) -> None:
+    """A table with one row per item; one line per item if it would not fit."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    grid = Table(box=box.HEAVY_HEAD)
+    for i, name in enumerate(columns):
+        grid.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
+    for row in rows:
+        grid.add_row(*(escape(row[c]) for c in columns))
+    console.print()
+    console.print(escape(title), soft_wrap=True)
+    unbounded = console.options.update_width(1 << 20)
+    if Measurement.get(console, unbounded, grid).maximum <= console.width:
+        console.print(grid)
+    else:
+        for row in rows:
+            text = ", ".join(f"{k}: {v}" for k, v in row.items())
+            console.print(escape(text), soft_wrap=True)
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -208,19 +286,26 @@ def _csv_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def _flatten(entry: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in entry.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "_"))
+        else:
+            flat[name] = value
+    return flat
+
+
 def csv_text(doc: dict[str, Any]) -> str:
-    """The report as CSV: a header, then one line per distance."""
+    """The report as CSV: a header, then one line per distance (nested fields
+    joined with ``_``, e.g. ``gap_mean``)."""
+    rows = [_flatten(entry) for entry in doc["results"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([name for name, _ in CSV_FIELDS])
-    for entry in doc["results"]:
-        row = []
-        for _, path in CSV_FIELDS:
-            value: Any = entry
-            for key in path:
-                value = value[key]
-            row.append(_csv_value(value))
-        writer.writerow(row)
+    writer.writerow(list(rows[0]))
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row.values()])
     return buffer.getvalue()
 
 

@@ -32,10 +32,13 @@ class Gate:
     at_least: bool
 
 
+# Batch mode reports gap and margin as {mean, std, min, max}: gates read the mean.
+# Exact mode reports single values, which gates read directly.
 GATES = {
-    "min_gap": Gate("--min-gap", ("gap", "mean"), True),
-    "min_margin": Gate("--min-margin", ("margin", "mean"), True),
+    "min_gap": Gate("--min-gap", ("gap",), True),
+    "min_margin": Gate("--min-margin", ("margin",), True),
     "max_violation_rate": Gate("--max-violation-rate", ("violation_rate",), False),
+    "min_precision_at_1": Gate("--min-precision-at-1", ("precision_at_1",), True),
 }
 
 
@@ -52,15 +55,7 @@ def build(
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "distgap_version": __version__,
-        "input": {
-            "files": [s.name for s in reader.sources],
-            "rows_read": reader.rows_read,
-            "rows": reader.rows_kept,
-            "dropped": dict(sorted(reader.dropped.items())),
-            "dimension": result.dimension,
-            "classes": result.classes,
-            "labels": reader.label_map.to_json(),
-        },
+        "input": _input_summary(reader, result.dimension, result.classes),
         "settings": {
             "mode": "batch",
             "batch_size": settings.batch_size,
@@ -76,15 +71,97 @@ def build(
         "batch_health": result.health,
         "results": results,
     }
+    if result.per_file:
+        doc["per_file"] = [
+            {
+                "file": reader.sources[owner].name,
+                "results": [
+                    {
+                        "distance": d.value,
+                        "similarity": d.is_similarity,
+                        **acc.summary(),
+                    }
+                    for d, acc in states.items()
+                ],
+            }
+            for owner, states in sorted(result.per_file.items())
+        ]
     doc["gates"] = check_gates(doc, gates)
     return doc
 
 
-def _read(entry: dict[str, Any], path: tuple[str, ...]) -> float:
+def build_exact(
+    result: Any, reader: Reader, gates: dict[str, float | None]
+) -> dict[str, Any]:
+    """The report document of an exact-mode run."""
+    settings = result.settings
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "distgap_version": __version__,
+        "input": _input_summary(reader, result.dimension, result.classes),
+        "settings": {
+            "mode": "exact",
+            "anchors": settings.anchors,
+            "seed": settings.seed if settings.anchors is not None else None,
+            "limit": reader.options.limit,
+            "on_invalid": reader.options.on_invalid,
+            "distances": [d.value for d in settings.distances],
+        },
+        "device": result.device,
+        "results": [
+            {"distance": d.value, "similarity": d.is_similarity, **summary}
+            for d, summary in result.results.items()
+        ],
+    }
+    if result.per_file:
+        doc["per_file"] = [
+            {
+                "file": reader.sources[owner].name,
+                "results": [
+                    {"distance": d.value, "similarity": d.is_similarity, **summary}
+                    for d, summary in states.items()
+                ],
+            }
+            for owner, states in sorted(result.per_file.items())
+        ]
+    doc["gates"] = check_gates(doc, gates)
+    return doc
+
+
+def _input_summary(
+    reader: Reader, dimension: int | None, classes: int
+) -> dict[str, Any]:
+    return {
+        "files": [s.name for s in reader.sources],
+        "rows_read": reader.rows_read,
+        "rows": reader.rows_kept,
+        "dropped": dict(sorted(reader.dropped.items())),
+        "dimension": dimension,
+        "classes": classes,
+        "labels": reader.label_map.to_json(),
+    }
+
+
+def add_per_class(
+    doc: dict[str, Any], anchors: dict[Any, Any], reader: Reader, top: int | None
+) -> None:
+    """Attach the per-class breakdown of every distance, worst classes first."""
+    from distgap_cli.breakdown import per_class
+
+    doc["per_class"] = {
+        d.value: per_class(a, reader.label_map, top) for d, a in anchors.items()
+    }
+
+
+def _read(entry: dict[str, Any], path: tuple[str, ...]) -> tuple[str, float]:
+    """The statistic's name as reported, and its value (a mean where it has one)."""
     value: Any = entry
     for key in path:
         value = value[key]
-    return float(value)
+    name = ".".join(path)
+    if isinstance(value, dict):
+        value, name = value["mean"], name + ".mean"
+    return name, math.nan if value is None else float(value)
 
 
 def check_gates(doc: dict[str, Any], gates: dict[str, float | None]) -> list[dict]:
@@ -95,7 +172,7 @@ def check_gates(doc: dict[str, Any], gates: dict[str, float | None]) -> list[dic
             continue
         gate = GATES[key]
         for entry in doc["results"]:
-            measured = _read(entry, gate.statistic)
+            statistic, measured = _read(entry, gate.statistic)
             if math.isnan(measured):
                 passed = False
             elif gate.at_least:
@@ -106,7 +183,7 @@ def check_gates(doc: dict[str, Any], gates: dict[str, float | None]) -> list[dic
                 {
                     "gate": key,
                     "distance": entry["distance"],
-                    "statistic": ".".join(gate.statistic),
+                    "statistic": statistic,
                     "required": required,
                     "measured": measured,
                     "passed": passed,
@@ -209,8 +286,8 @@ class Compared:
 
 
 COMPARED = (
-    Compared("gap", ("gap", "mean"), True),
-    Compared("margin", ("margin", "mean"), True),
+    Compared("gap", ("gap",), True),
+    Compared("margin", ("margin",), True),
     Compared("violation_rate", ("violation_rate",), False),
     Compared("precision_at_1", ("precision_at_1",), True),
 )
@@ -242,6 +319,8 @@ def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float | None:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
+    if isinstance(value, dict):
+        value = value.get("mean")
     if value is None:
         return math.nan
     return float(value)

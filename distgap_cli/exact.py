@@ -1,0 +1,376 @@
+"""Exact mode: every anchor against every other row of the dataset.
+
+Rows are held in memory when they fit ``memory_limit``, else spilled to a
+temporary memory-mapped file; anchors and candidates are then walked in tiles,
+so memory is bounded by the tile sizes, not by the row count, while the work is
+``O(anchors x rows x d)``. ``anchors`` rows drawn at random (seeded) can stand in
+for all of them when the dataset is large.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distgap_cli.batching import Spill
+from distgap_cli.distances import Distance
+from distgap_cli.errors import NoResultError
+from distgap_cli.reading import Block
+
+ANCHOR_TILE = 1024
+CANDIDATE_TILE = 4096
+PERCENTILES = (1, 5, 50, 95, 99)
+
+
+@dataclass
+class Rows:
+    """Every valid row: embeddings (in memory or memory-mapped), labels, ids."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    files: np.ndarray
+    spill: Spill | None = None
+
+    def close(self) -> None:
+        """Delete the spill file, if any."""
+        if self.spill is not None:
+            self.spill.close()
+
+
+def collect(blocks: Iterable[Block], memory_limit: int) -> Rows:
+    """Gather every row; spill to disk once they outgrow ``memory_limit`` bytes."""
+    held: list[Block] = []
+    size = 0
+    iterator = iter(blocks)
+    for block in iterator:
+        held.append(block)
+        size += block.embeddings.nbytes
+        if size > memory_limit:
+            spill = Spill(_chain(held, iterator))
+            return Rows(spill.embeddings, spill.labels, spill.rows, spill.files, spill)
+    if not held:
+        empty = np.empty(0, np.int64)
+        return Rows(np.empty((0, 0), np.float32), empty, empty, empty.astype(np.int32))
+    return Rows(
+        np.concatenate([b.embeddings for b in held]),
+        np.concatenate([b.labels for b in held]),
+        np.concatenate([b.rows for b in held]),
+        np.concatenate([np.full(len(b.labels), b.file, np.int32) for b in held]),
+    )
+
+
+def _chain(first: list[Block], rest: Iterable[Block]) -> Iterable[Block]:
+    yield from first
+    yield from rest
+
+
+@dataclass
+class AnchorTable:
+    """Per-anchor results of one distance, ``[n_anchors]`` arrays."""
+
+    index: np.ndarray  # positions of the anchors in Rows
+    max_pos: np.ndarray
+    min_pos: np.ndarray
+    min_neg: np.ndarray
+    max_neg: np.ndarray
+    min_neg_row: np.ndarray  # positions in Rows, -1 where none
+    max_neg_row: np.ndarray
+
+
+class ExactEvaluator:
+    """A compiled tile function for every selected distance at once."""
+
+    def __init__(self, distances: list[Distance], device: str, dim: int) -> None:
+        from distgap_cli import core
+        from distgap_cli.backend import resolve_device
+
+        tf = core.tf
+        self._tf = tf
+        self.device = resolve_device(device)
+        self.distances = distances
+        spec = [
+            tf.TensorSpec([ANCHOR_TILE, dim], tf.float32),
+            tf.TensorSpec([ANCHOR_TILE], tf.int64),
+            tf.TensorSpec([ANCHOR_TILE], tf.int64),
+            tf.TensorSpec([CANDIDATE_TILE, dim], tf.float32),
+            tf.TensorSpec([CANDIDATE_TILE], tf.int64),
+            tf.TensorSpec([CANDIDATE_TILE], tf.int64),
+            tf.TensorSpec([CANDIDATE_TILE], tf.bool),
+        ]
+
+        def tile(*args: Any) -> dict[str, Any]:
+            return {d.value: core.cross_extremes(d, *args)._asdict() for d in distances}
+
+        self._fn = tf.function(tile, input_signature=spec)
+
+    def __call__(self, *args: np.ndarray) -> dict[Distance, dict[str, np.ndarray]]:
+        with self._tf.device(self.device):
+            out = self._fn(*args)
+        return {
+            d: {k: v.numpy() for k, v in out[d.value].items()} for d in self.distances
+        }
+
+
+def _padded(array: np.ndarray, size: int, fill: Any = 0) -> np.ndarray:
+    if len(array) == size:
+        return np.ascontiguousarray(array)
+    shape = (size, *array.shape[1:])
+    out = np.full(shape, fill, dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+def anchor_tables(
+    rows: Rows,
+    anchors: np.ndarray,
+    candidates: np.ndarray,
+    evaluator: ExactEvaluator,
+    on_pairs: Callable[[int], None] | None = None,
+) -> dict[Distance, AnchorTable]:
+    """Walk anchor tiles against candidate tiles; merge each anchor's extremes.
+
+    ``anchors`` and ``candidates`` are positions in ``rows``. Indices returned are
+    positions in ``rows`` as well.
+    """
+    n = len(anchors)
+    tables = {
+        d: AnchorTable(
+            index=anchors,
+            max_pos=np.full(n, -np.inf),
+            min_pos=np.full(n, np.inf),
+            min_neg=np.full(n, np.inf),
+            max_neg=np.full(n, -np.inf),
+            min_neg_row=np.full(n, -1, np.int64),
+            max_neg_row=np.full(n, -1, np.int64),
+        )
+        for d in evaluator.distances
+    }
+    for a0 in range(0, n, ANCHOR_TILE):
+        a_pos = anchors[a0 : a0 + ANCHOR_TILE]
+        a_x = _padded(np.asarray(rows.embeddings[a_pos], np.float32), ANCHOR_TILE)
+        a_labels = _padded(rows.labels[a_pos], ANCHOR_TILE)
+        a_ids = _padded(a_pos.astype(np.int64), ANCHOR_TILE, -1)
+        span = slice(a0, a0 + len(a_pos))
+        for c0 in range(0, len(candidates), CANDIDATE_TILE):
+            c_pos = candidates[c0 : c0 + CANDIDATE_TILE]
+            c_x = _padded(
+                np.asarray(rows.embeddings[c_pos], np.float32), CANDIDATE_TILE
+            )
+            c_labels = _padded(rows.labels[c_pos], CANDIDATE_TILE)
+            c_ids = _padded(c_pos.astype(np.int64), CANDIDATE_TILE, -2)
+            c_mask = _padded(np.ones(len(c_pos), bool), CANDIDATE_TILE, False)
+            out = evaluator(a_x, a_labels, a_ids, c_x, c_labels, c_ids, c_mask)
+            k = len(a_pos)
+            for distance, got in out.items():
+                _merge(tables[distance], span, got, c_pos, k)
+            if on_pairs is not None:
+                on_pairs(k * len(c_pos))
+    return tables
+
+
+def _merge(
+    table: AnchorTable,
+    span: slice,
+    got: dict[str, np.ndarray],
+    c_pos: np.ndarray,
+    k: int,
+) -> None:
+    """Fold one candidate tile's extremes into the running ones."""
+
+    def position(index: np.ndarray) -> np.ndarray:
+        return np.where(index >= 0, c_pos[np.maximum(index, 0)], -1)
+
+    table.max_pos[span] = np.maximum(table.max_pos[span], got["max_pos"][:k])
+    table.min_pos[span] = np.minimum(table.min_pos[span], got["min_pos"][:k])
+    closer = got["min_neg"][:k] < table.min_neg[span]
+    table.min_neg[span] = np.where(closer, got["min_neg"][:k], table.min_neg[span])
+    table.min_neg_row[span] = np.where(
+        closer, position(got["min_neg_index"][:k]), table.min_neg_row[span]
+    )
+    farther = got["max_neg"][:k] > table.max_neg[span]
+    table.max_neg[span] = np.where(farther, got["max_neg"][:k], table.max_neg[span])
+    table.max_neg_row[span] = np.where(
+        farther, position(got["max_neg_index"][:k]), table.max_neg_row[span]
+    )
+
+
+@dataclass
+class AnchorView:
+    """Per-anchor figures of one distance in the report's terms."""
+
+    hardest_pos: np.ndarray  # NaN without a positive
+    hardest_neg: np.ndarray  # NaN without a negative
+    has_pos: np.ndarray
+    has_neg: np.ndarray
+    nearest_neg_row: np.ndarray  # positions in Rows, -1 where none
+    hit: np.ndarray  # the nearest neighbour shares the label
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def view(distance: Distance, table: AnchorTable) -> AnchorView:
+    """Hardest pairs, nearest negative and precision@1 from the extremes.
+
+    For a distance, nearest means smallest; for inner_product (a similarity),
+    largest. The hardest pairs keep TensorFlow Similarity's literal definition
+    (max over positives, min over negatives) for every distance.
+    """
+    has_pos = np.isfinite(table.max_pos)
+    has_neg = np.isfinite(table.min_neg)
+    if distance.is_similarity:
+        nearest_pos, nearest_neg = table.max_pos, table.max_neg
+        nearest_row = table.max_neg_row
+        closer = nearest_pos > nearest_neg
+    else:
+        nearest_pos, nearest_neg = table.min_pos, table.min_neg
+        nearest_row = table.min_neg_row
+        closer = nearest_pos < nearest_neg
+    hit = has_pos & (~has_neg | closer)
+    return AnchorView(
+        hardest_pos=np.where(has_pos, table.max_pos, np.nan),
+        hardest_neg=np.where(has_neg, table.min_neg, np.nan),
+        has_pos=has_pos,
+        has_neg=has_neg,
+        nearest_neg_row=nearest_row,
+        hit=hit,
+    )
+
+
+def summary(v: AnchorView) -> dict[str, Any]:
+    """Whole-dataset figures of one distance."""
+    both = v.has_pos & v.has_neg
+    anchors = len(v.has_pos)
+    max_pos = float(np.max(v.hardest_pos[v.has_pos])) if v.has_pos.any() else math.nan
+    min_neg = float(np.min(v.hardest_neg[v.has_neg])) if v.has_neg.any() else math.nan
+    margins = (v.hardest_neg - v.hardest_pos)[both]
+    return {
+        "anchors": anchors,
+        "anchors_without_positive": int((~v.has_pos).sum()),
+        "anchors_without_negative": int((~v.has_neg).sum()),
+        "max_pos": max_pos,
+        "min_neg": min_neg,
+        "gap": abs(min_neg - max_pos),
+        "margin": min_neg - max_pos,
+        "violation_rate": float((margins < 0).mean()) if len(margins) else math.nan,
+        "precision_at_1": float(v.hit.mean()) if anchors else math.nan,
+        "mean_hardest_pos": (
+            float(v.hardest_pos[v.has_pos].mean()) if v.has_pos.any() else math.nan
+        ),
+        "mean_hardest_neg": (
+            float(v.hardest_neg[v.has_neg].mean()) if v.has_neg.any() else math.nan
+        ),
+        "margin_percentiles": {
+            f"p{q}": float(np.percentile(margins, q)) if len(margins) else math.nan
+            for q in PERCENTILES
+        },
+    }
+
+
+def choose_anchors(n: int, count: int | None, seed: int) -> np.ndarray:
+    """All positions, or ``count`` of them drawn without replacement (sorted)."""
+    if count is None or count >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=count, replace=False))
+
+
+def require_rows(rows: Rows) -> None:
+    """Exact mode needs at least two rows."""
+    if len(rows.labels) < 2:
+        raise NoResultError("exact mode needs at least two valid rows")
+
+
+@dataclass
+class ExactSettings:
+    """How an exact evaluation runs."""
+
+    distances: list[Distance]
+    anchors: int | None = None
+    seed: int = 0
+    memory_limit: int = 2 << 30
+    device: str = "auto"
+    per_file: bool = False
+
+
+@dataclass
+class ExactResult:
+    """Everything an exact-mode report needs."""
+
+    settings: ExactSettings
+    results: dict[Distance, dict[str, Any]]
+    anchors: dict[Distance, Any]
+    classes: int
+    dimension: int
+    device: str
+    rows: int
+    per_file: dict[int, dict[Distance, dict[str, Any]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def evaluate_exact(
+    reader: Any,
+    settings: ExactSettings,
+    on_rows: Callable[[int], None] | None = None,
+    on_pairs: Callable[[int], None] | None = None,
+) -> ExactResult:
+    """Evaluate every selected distance over the whole dataset."""
+    from distgap_cli.breakdown import PerAnchor
+
+    def tracked(blocks: Iterable[Block]) -> Iterable[Block]:
+        for block in blocks:
+            if on_rows is not None:
+                on_rows(len(block.labels))
+            yield block
+
+    rows = collect(tracked(reader.blocks()), settings.memory_limit)
+    try:
+        require_rows(rows)
+        dim = rows.embeddings.shape[1]
+        evaluator = ExactEvaluator(settings.distances, settings.device, dim)
+        everyone = np.arange(len(rows.labels))
+
+        def run(candidates: np.ndarray) -> dict[Distance, AnchorView]:
+            anchors = choose_anchors(len(candidates), settings.anchors, settings.seed)
+            tables = anchor_tables(
+                rows, candidates[anchors], candidates, evaluator, on_pairs
+            )
+            return {d: view(d, t) for d, t in tables.items()}
+
+        views = run(everyone)
+        per_file: dict[int, dict[Distance, dict[str, Any]]] = {}
+        if settings.per_file:
+            for owner in np.unique(rows.files):
+                inside = everyone[rows.files == owner]
+                per_file[int(owner)] = {d: summary(v) for d, v in run(inside).items()}
+        index = choose_anchors(len(everyone), settings.anchors, settings.seed)
+        anchors = {}
+        for distance, v in views.items():
+            partner = np.where(v.nearest_neg_row >= 0, v.nearest_neg_row, 0)
+            anchors[distance] = PerAnchor(
+                rows=rows.rows[index],
+                files=rows.files[index],
+                labels=rows.labels[index],
+                hardest_pos=v.hardest_pos,
+                hardest_neg=v.hardest_neg,
+                nearest_neg_row=np.where(
+                    v.nearest_neg_row >= 0, rows.rows[partner], -1
+                ),
+                nearest_neg_label=rows.labels[partner],
+                hit=v.hit,
+            )
+        return ExactResult(
+            settings=settings,
+            results={d: summary(v) for d, v in views.items()},
+            anchors=anchors,
+            classes=len(np.unique(rows.labels)),
+            dimension=dim,
+            device=evaluator.device,
+            rows=len(rows.labels),
+            per_file=per_file,
+        )
+    finally:
+        rows.close()
