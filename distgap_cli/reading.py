@@ -165,6 +165,18 @@ def _is_vector_type(arrow_type: pa.DataType) -> bool:
     )
 
 
+def _require(
+    column: str, names: list[str], flag: str, listing: str, source: src.Source
+) -> None:
+    """Stop, listing the columns there are, when ``column`` is not among them."""
+    if column not in names:
+        raise InputError(
+            f"no column '{column}'; columns are: {listing}",
+            file=source.name,
+            fix=f"check {flag}",
+        )
+
+
 def _describe_columns(schema: pa.Schema, extra: dict[str, str]) -> str:
     cols = [f"{f.name} ({f.type})" for f in schema]
     cols += [f"{k} (partition folder)" for k in extra]
@@ -330,12 +342,9 @@ class Reader:
             )
         else:
             if opts.embedding_column is not None:
-                if opts.embedding_column not in names:
-                    raise InputError(
-                        f"no column '{opts.embedding_column}'; columns are: {listing}",
-                        file=source.name,
-                        fix="check --embedding-column",
-                    )
+                _require(
+                    opts.embedding_column, names, "--embedding-column", listing, source
+                )
                 emb = opts.embedding_column
             else:
                 vectors = [f.name for f in schema if _is_vector_type(f.type)]
@@ -377,12 +386,7 @@ class Reader:
         # Label column.
         candidates = list(names) + [k for k in source.partition if k not in names]
         if opts.label_column is not None:
-            if opts.label_column not in candidates:
-                raise InputError(
-                    f"no column '{opts.label_column}'; columns are: {listing}",
-                    file=source.name,
-                    fix="check --label-column",
-                )
+            _require(opts.label_column, candidates, "--label-column", listing, source)
             label = opts.label_column
         else:
             by_name = [c for n in LABEL_NAMES for c in candidates if c.lower() == n]
