@@ -71,16 +71,19 @@ def distgap_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
 
 
-def end_to_end(path: Path, batch: int, repeat: int) -> dict[str, float]:
+def end_to_end(
+    path: Path, batch: int, repeat: int, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
     """Wall time and peak RSS of the real command, median of ``repeat`` runs."""
     walls, peaks = [], []
+    sizing = ("-b", str(batch)) if batch else ()
     for _ in range(repeat):
         command = [
             *distgap_command(),
             "eval",
             str(path),
-            "-b",
-            str(batch),
+            *sizing,
+            *extra,
             "-q",
             "-f",
             "json",
@@ -112,12 +115,15 @@ def read_only(paths: dict[str, Path], kind: str) -> float:
     return time.perf_counter() - start
 
 
-def matmul_only(rows: int, dim: int, batch: int, repeat: int) -> float:
-    """Seconds for the Gram matrices of every batch, stacked as distgap stacks."""
+def matmul_only(
+    rows: int, dim: int, batch: int, repeat: int, stacked: bool = True
+) -> float:
+    """Seconds for the Gram matrices of every batch: stacked into calls as distgap
+    stacks them, or one call per batch as a training loop makes them."""
     from distgap_cli.backend import tensorflow
 
     tf = tensorflow()
-    k = max(1, ROWS_PER_CALL // batch)
+    k = max(1, ROWS_PER_CALL // batch) if stacked else 1
     x = tf.constant(np.random.default_rng(1).normal(size=(k, batch, dim)), tf.float32)
     gram = tf.function(lambda x: tf.linalg.matmul(x, x, transpose_b=True))
     calls = -(-rows // (k * batch))
@@ -128,6 +134,29 @@ def matmul_only(rows: int, dim: int, batch: int, repeat: int) -> float:
             start = time.perf_counter()
             for _ in range(calls):
                 gram(x).numpy()
+            return time.perf_counter() - start
+
+        return median_of(repeat, run)
+
+
+def exact_matmul_only(rows: int, dim: int, repeat: int) -> float:
+    """Seconds for the anchor-by-candidate tile products that exact mode makes."""
+    from distgap_cli.backend import tensorflow
+    from distgap_cli.exact import ANCHOR_TILE, CANDIDATE_TILE
+
+    tf = tensorflow()
+    rng = np.random.default_rng(2)
+    a = tf.constant(rng.normal(size=(ANCHOR_TILE, dim)), tf.float32)
+    c = tf.constant(rng.normal(size=(CANDIDATE_TILE, dim)), tf.float32)
+    gram = tf.function(lambda a, c: tf.linalg.matmul(a, c, transpose_b=True))
+    calls = -(-rows // ANCHOR_TILE) * -(-rows // CANDIDATE_TILE)
+    with tf.device("/CPU:0"):
+        gram(a, c).numpy()
+
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(calls):
+                gram(a, c).numpy()
             return time.perf_counter() - start
 
         return median_of(repeat, run)
@@ -162,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--wide-rows", type=int, default=100_000)
+    parser.add_argument("--exact-rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
@@ -187,17 +217,21 @@ def main() -> None:
         }
         for batch in batches:
             bound = matmul_only(rows, dim, batch, args.repeat)
+            loop = matmul_only(rows, dim, batch, args.repeat, stacked=False)
             for kind in ("npy", "parquet"):
                 measured = end_to_end(paths[kind], batch, args.repeat)
+                steady = max(measured["seconds"] - report["startup_seconds"], 1e-9)
                 entry = {
                     "rows": rows,
                     "dim": dim,
                     "batch": batch,
                     "input": kind,
                     "end_to_end_rows_per_s": rows / measured["seconds"],
+                    "after_startup_rows_per_s": rows / steady,
                     "peak_rss_mb": measured["peak_rss_mb"],
                     "read_only_rows_per_s": rows / reading[kind],
                     "matmul_only_rows_per_s": rows / bound,
+                    "matmul_per_batch_call_rows_per_s": rows / loop,
                 }
                 entry["ratio_to_matmul"] = (
                     entry["end_to_end_rows_per_s"] / entry["matmul_only_rows_per_s"]
@@ -213,9 +247,39 @@ def main() -> None:
                     f"  matmul bound {entry['matmul_only_rows_per_s']:>10,.0f}"
                     f" ({entry['ratio_to_matmul']:.0%})"
                     f"  read bound {entry['read_only_rows_per_s']:>10,.0f}"
-                    f" ({entry['ratio_to_read']:.0%})",
+                    f" ({entry['ratio_to_read']:.0%})"
+                    f"  after start-up {entry['after_startup_rows_per_s']:>10,.0f}"
+                    f"  one matmul call per batch "
+                    f"{entry['matmul_per_batch_call_rows_per_s']:>10,.0f}",
                     flush=True,
                 )
+    if args.exact_rows:
+        paths = make_data(args.exact_rows, 128)
+        measured = end_to_end(paths["npy"], 0, args.repeat, ("--mode", "exact"))
+        bound = exact_matmul_only(args.exact_rows, 128, args.repeat)
+        pairs = args.exact_rows**2
+        entry = {
+            "rows": args.exact_rows,
+            "dim": 128,
+            "mode": "exact",
+            "input": "npy",
+            "seconds": measured["seconds"],
+            "pairs_per_s": pairs / measured["seconds"],
+            "matmul_only_pairs_per_s": pairs / bound,
+            "peak_rss_mb": measured["peak_rss_mb"],
+        }
+        entry["ratio_to_matmul"] = (
+            entry["pairs_per_s"] / entry["matmul_only_pairs_per_s"]
+        )
+        report["exact"] = entry
+        print(
+            f"exact {args.exact_rows:,} x 128: {measured['seconds']:.1f} s, "
+            f"{entry['pairs_per_s']:,.0f} pairs/s, matmul bound "
+            f"{entry['matmul_only_pairs_per_s']:,.0f} "
+            f"({entry['ratio_to_matmul']:.0%}), "
+            f"peak {entry['peak_rss_mb']:,.0f} MB",
+            flush=True,
+        )
     print(
         f"distgap --help {report['help_seconds']:.2f} s; "
         f"start-up on 4 rows {report['startup_seconds']:.2f} s"

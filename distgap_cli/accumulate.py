@@ -16,11 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from distgap_cli.errors import NumericalError
+
 _SHIFT = 1074
 
 
 def _fixed(value: float) -> int:
     """``value`` as an exact integer multiple of 2**-1074."""
+    if not math.isfinite(value):
+        raise NumericalError(
+            f"a distance came out as {value}; the embeddings' values are too large "
+            "for float32: rescale them"
+        )
     num, den = float(value).as_integer_ratio()
     return num << (_SHIFT - (den.bit_length() - 1))
 

@@ -31,6 +31,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 EXIT_GATE_FAILED = 1
@@ -90,6 +91,14 @@ def _reporting_errors() -> Iterator[None]:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except OSError as exc:
+        # A file that cannot be read or written (a full disk, a closed stdout).
+        where = f"{exc.filename}: " if exc.filename else "cannot write the report: "
+        _err_console().print(
+            f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}",
+            emoji=False,
+        )
+        raise typer.Exit(2) from None
 
 
 def _version(value: bool) -> None:
@@ -114,6 +123,7 @@ def _main(
 PathsArg = Annotated[
     list[str],
     typer.Argument(
+        metavar="PATH",
         help="Parquet, Arrow IPC, .npy or .npz files, directories (searched "
         "recursively), globs, or - for standard input.",
         show_default=False,
@@ -121,20 +131,29 @@ PathsArg = Annotated[
 ]
 EmbeddingColumnOpt = Annotated[
     str | None,
-    typer.Option(help="Column (or .npz array) with the embeddings. [default: auto]"),
+    typer.Option(
+        metavar="NAME",
+        help="Column (or .npz array) with the embeddings. [default: auto]",
+    ),
 ]
 LabelColumnOpt = Annotated[
     str | None,
-    typer.Option(help="Column (or .npz array) with the labels. [default: auto]"),
+    typer.Option(
+        metavar="NAME", help="Column (or .npz array) with the labels. [default: auto]"
+    ),
 ]
 EmbeddingPrefixOpt = Annotated[
     str | None,
-    typer.Option(help="Read embeddings from scalar columns PREFIX0, PREFIX1, ..."),
+    typer.Option(
+        metavar="PREFIX",
+        help="Read embeddings from scalar columns PREFIX0, PREFIX1, ...",
+    ),
 ]
 LabelsOpt = Annotated[
     list[Path] | None,
     typer.Option(
         "--labels",
+        metavar="FILE",
         help="Labels .npy for a .npy embeddings file (one per file, in order).",
         show_default=False,
     ),
@@ -144,6 +163,7 @@ DistanceOpt = Annotated[
     typer.Option(
         "--distance",
         "-d",
+        metavar="NAME",
         help="cosine, euclidean, squared_euclidean, manhattan, inner_product, "
         "snr (or an alias such as l2, l1), or all. Repeatable. [default: cosine]",
         show_default=False,
@@ -154,6 +174,7 @@ BatchSizeOpt = Annotated[
     typer.Option(
         "--batch-size",
         "-b",
+        metavar="N",
         min=2,
         help="Rows per batch. The per-batch gap depends on it: use your training "
         "batch size. [default: 256; C x E with --sampler balanced]",
@@ -161,11 +182,13 @@ BatchSizeOpt = Annotated[
     ),
 ]
 LimitOpt = Annotated[
-    int | None, typer.Option(min=1, help="Read only the first N rows.")
+    int | None, typer.Option(metavar="N", min=1, help="Read only the first N rows.")
 ]
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Write the report to FILE, not stdout."),
+    typer.Option(
+        "--output", "-o", metavar="FILE", help="Write the report to FILE, not stdout."
+    ),
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing on stderr but errors.")
@@ -173,6 +196,7 @@ QuietOpt = Annotated[
 MaxDropOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="X",
         help="Gate: fail when gap, margin, violation rate or precision@1 is worse "
         "than the baseline by more than X (absolute), or X% (relative).",
         show_default=False,
@@ -227,15 +251,22 @@ def eval_command(
     ] = False,
     classes_per_batch: Annotated[
         int | None,
-        typer.Option(min=2, help="--sampler balanced: distinct classes per batch (C)."),
+        typer.Option(
+            metavar="C",
+            min=2,
+            help="--sampler balanced: distinct classes per batch (C).",
+        ),
     ] = None,
     examples_per_class: Annotated[
         int | None,
-        typer.Option(min=2, help="--sampler balanced: rows drawn per class (E)."),
+        typer.Option(
+            metavar="E", min=2, help="--sampler balanced: rows drawn per class (E)."
+        ),
     ] = None,
     batches: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             min=1,
             help="--sampler balanced: how many batches. [default: enough to visit "
             "every row about once]",
@@ -243,7 +274,8 @@ def eval_command(
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the shuffle and balanced samplers.")
+        int,
+        typer.Option(metavar="N", help="Seed of the shuffle and balanced samplers."),
     ] = 0,
     embedding_column: EmbeddingColumnOpt = None,
     label_column: LabelColumnOpt = None,
@@ -273,19 +305,27 @@ def eval_command(
     ] = False,
     min_gap: Annotated[
         float | None,
-        typer.Option(help="Gate: fail (exit 1) unless the mean gap is at least X."),
+        typer.Option(
+            metavar="X", help="Gate: fail (exit 1) unless the mean gap is at least X."
+        ),
     ] = None,
     min_margin: Annotated[
         float | None,
-        typer.Option(help="Gate: fail unless the mean margin is at least X."),
+        typer.Option(
+            metavar="X", help="Gate: fail unless the mean margin is at least X."
+        ),
     ] = None,
     max_violation_rate: Annotated[
         float | None,
-        typer.Option(help="Gate: fail unless the violation rate is at most X."),
+        typer.Option(
+            metavar="X", help="Gate: fail unless the violation rate is at most X."
+        ),
     ] = None,
     baseline: Annotated[
         Path | None,
-        typer.Option(help="A saved JSON report to compare with (see --max-drop)."),
+        typer.Option(
+            metavar="FILE", help="A saved JSON report to compare with (see --max-drop)."
+        ),
     ] = None,
     max_drop: MaxDropOpt = None,
     mode: Annotated[
@@ -298,6 +338,7 @@ def eval_command(
     anchors: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             min=1,
             help="--mode exact: use N rows drawn at random (--seed) as anchors "
             "against every row. [default: every row]",
@@ -307,8 +348,9 @@ def eval_command(
     memory_limit: Annotated[
         str,
         typer.Option(
+            metavar="SIZE",
             help="--mode exact: hold rows in memory up to this size (e.g. 512M, "
-            "2G), spill to a temporary file beyond it."
+            "2G), spill to a temporary file beyond it.",
         ),
     ] = "2G",
     per_class: Annotated[
@@ -320,7 +362,9 @@ def eval_command(
     ] = False,
     top: Annotated[
         int | None,
-        typer.Option(min=1, help="With --per-class: show the K worst classes."),
+        typer.Option(
+            metavar="K", min=1, help="With --per-class: show the K worst classes."
+        ),
     ] = None,
     per_file: Annotated[
         bool,
@@ -329,6 +373,7 @@ def eval_command(
     per_row: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="Write each anchor's figures (row, file, label, hardest positive "
             "and negative, margin, nearest negative's row) to FILE as Parquet.",
         ),
@@ -336,11 +381,15 @@ def eval_command(
     min_precision_at_1: Annotated[
         float | None,
         typer.Option(
-            help="Gate (--mode exact): fail unless precision@1 is at least X."
+            metavar="X",
+            help="Gate (--mode exact): fail unless precision@1 is at least X.",
         ),
     ] = None,
     device: Annotated[
-        str, typer.Option(help="Where to compute: auto, cpu, gpu or gpu:N.")
+        str,
+        typer.Option(
+            metavar="DEVICE", help="Where to compute: auto, cpu, gpu or gpu:N."
+        ),
     ] = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -399,6 +448,7 @@ def eval_command(
         wants_anchors = per_class or per_row is not None
 
         found = sources.discover(paths)
+        _refuse_overwriting(found, output, per_row)
         with _opened(output) as out:
             try:
                 options = _read_options(
@@ -483,6 +533,16 @@ def eval_command(
         if "baseline" in doc:
             failures += report.failed_comparisons(doc["baseline"])
         _fail_on(failures)
+
+
+def _refuse_overwriting(found: list[Any], *targets: Path | None) -> None:
+    """Stop before a report would be written over one of the inputs."""
+    inputs = {Path(s.path).resolve() for s in found if s.name != "<stdin>"}
+    for target in targets:
+        if target is not None and target.resolve() in inputs:
+            raise UsageError(
+                f"{target} is one of the inputs; write the report somewhere else"
+            )
 
 
 def _check_exact_flags(
@@ -684,10 +744,18 @@ def _opened(output: Path | None) -> Iterator[TextIO]:
         raise
 
 
+class _ReportConsole(Console):
+    """A console whose closed pipe surfaces as BrokenPipeError (exit 141), where
+    rich's default would exit with 1, the code of a failed gate."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def _console(out: TextIO) -> Console:
     if out is sys.stdout:
-        return Console(highlight=False)
-    return Console(file=out, width=100, no_color=True, highlight=False)
+        return _ReportConsole(highlight=False)
+    return _ReportConsole(file=out, width=100, no_color=True, highlight=False)
 
 
 def _batch_streamer(out: TextIO) -> Callable[..., None]:
@@ -750,5 +818,28 @@ def _emit(doc: dict, fmt: Format, out: TextIO) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: usage errors become one line on stderr."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        # The parser's usage errors carry a message and an exit code (2).
+        message, code = (
+            getattr(exc, "format_message", None),
+            getattr(exc, "exit_code", None),
+        )
+        if type(exc).__name__ == "Abort":
+            sys.exit(EXIT_INTERRUPTED)
+        if not callable(message) or not isinstance(code, int):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.stderr.write(str(message()) + "\n")
+            sys.exit(code)
+        context = getattr(exc, "ctx", None)
+        where = getattr(context, "command_path", None) or "distgap"
+        text = " ".join(str(message()).split())
+        _err_console().print(
+            f"[bold red]error:[/] {escape(text)} (see '{escape(where)} --help')",
+            emoji=False,
+        )
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)

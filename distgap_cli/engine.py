@@ -408,6 +408,17 @@ def _check_batches(result: EvalResult) -> None:
     total = counts["batches"]
     no_pos = counts["skipped_no_positive_pair"]
     no_neg = counts["skipped_no_negative_pair"]
+    if acc.used_batches == 0 and result.classes == 1:
+        raise NoResultError(
+            "the input holds a single class, so no row has a negative and there is "
+            "no gap; evaluate embeddings of at least two classes"
+        )
+    if acc.used_batches == 0 and acc.counts["anchors_with_pos"] == 0:
+        raise NoResultError(
+            f"no batch had two rows of one class (all {total} without a positive "
+            "pair), so there is no gap; try --sampler balanced or a larger "
+            "--batch-size"
+        )
     if acc.used_batches == 0:
         raise NoResultError(
             f"none of the {total} batch(es) had both a positive pair and a negative "
@@ -432,6 +443,6 @@ def _check_batches(result: EvalResult) -> None:
             "larger --batch-size"
         )
         result.warnings.append(
-            f"{skipped} of {total} batches were skipped ({no_neg} had a single "
-            f"class, {no_pos} had no two rows of one class): {hint}"
+            f"{skipped} of {total} batches were skipped ({no_pos} without a positive "
+            f"pair, {no_neg} without a negative pair, i.e. a single class): {hint}"
         )

@@ -61,3 +61,7 @@ class NoResultError(DistgapError):
 
 class DeviceError(DistgapError):
     """The requested device is not available."""
+
+
+class NumericalError(DistgapError):
+    """A computation left the range of its number type."""

@@ -42,6 +42,10 @@ EMBEDDING_NAMES = ("embedding", "embeddings", "emb", "vector", "vectors", "featu
 NPZ_EMBEDDING_NAMES = ("embeddings", "embedding", "emb", "x", "X")
 NPZ_LABEL_NAMES = ("labels", "label", "y", "Y")
 
+# Largest accepted |value|: squared distances of rows of up to ~80 million
+# dimensions then stay inside float32's range (3.4e38).
+MAX_MAGNITUDE = 1e15
+
 _SKIP_HINT = "fix or drop the row, or pass --on-invalid skip to leave it out"
 
 
@@ -123,6 +127,7 @@ class _Check:
     mask: np.ndarray
     describe: Callable[[int], tuple[str, str | None, str | None]]
     for_distance: bool = False
+    file: str | None = None  # when not the embeddings' file (a labels .npy)
 
 
 def _dtype_name(arrow_type: pa.DataType) -> str:
@@ -394,7 +399,7 @@ class Reader:
                 f.name
                 for f in schema
                 if f.name not in emb_cols and not _is_vector_type(f.type)
-            ]
+            ] + [key for key in source.partition if key not in names]
             if by_name:
                 label = by_name[0]
             elif len(scalar) == 1:
@@ -624,6 +629,23 @@ class Reader:
             )
         )
         ok = ok & finite
+        magnitude = np.abs(out).max(axis=1) if out.shape[1] else np.zeros(len(out))
+        huge = ok & (magnitude > MAX_MAGNITUDE)
+        checks.append(
+            _Check(
+                "value too large",
+                huge,
+                lambda i: (
+                    f"embedding holds a value of magnitude {magnitude[i]:.3g}; "
+                    f"distgap computes in float32 and accepts up to "
+                    f"{MAX_MAGNITUDE:.0e}, so that no distance overflows",
+                    name,
+                    "rescale the embeddings (every distance but cosine scales with "
+                    "them), or pass --on-invalid skip",
+                ),
+            )
+        )
+        ok = ok & ~huge
         if self.options.need_direction:
             zero = ok & ~out.any(axis=1)
             checks.append(
@@ -923,9 +945,12 @@ class Reader:
                 ids = ids[inverse]
             else:
                 native = raw.astype(raw.dtype.newbyteorder("="))
+                before = len(checks)
                 ids = self._integer_labels(
                     native, "labels", checks, np.zeros(n, bool), labels_name
                 )
+                for check in checks[before:]:
+                    check.file = labels_name
             yield self._settle(index, source, values, ids, row0, checks, "embeddings")
 
     # Invalid rows -----------------------------------------------------------------
@@ -954,7 +979,11 @@ class Reader:
             i = _first(check.mask)
             problem, col, fix = check.describe(i)
             raise InputError(
-                problem, file=source.name, row=row0 + i, column=col, fix=fix
+                problem,
+                file=check.file or source.name,
+                row=row0 + i,
+                column=col,
+                fix=fix,
             )
         for check in found:
             fresh = check.mask & ~invalid
@@ -988,8 +1017,8 @@ def _refuse_objects(dtype: np.dtype, name: str) -> None:
             "holds an object array, which distgap refuses to load (it needs "
             "pickling, which can run arbitrary code)",
             file=name,
-            fix="save a plain numeric array, e.g. np.save(path, np.asarray(x, "
-            "dtype=np.float32))",
+            fix="save a plain array: np.save(path, np.asarray(x, dtype=np.float32)) "
+            "for embeddings, np.int64 (or str) for labels",
         )
 
 

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from distgap_cli.report import json_line, result_lines, to_json
+from distgap_cli.report import GATES, json_line, result_lines, to_json
 
 SIMILARITY_NOTE = (
     "inner_product is a similarity (larger is closer): taken literally as "
@@ -44,7 +44,7 @@ def _batches(entry: dict[str, Any]) -> str:
 
 def _skipped(entry: dict[str, Any]) -> str:
     s = entry["batches"]["skipped"]
-    return f"{s['no_negative_pair']} / {s['no_positive_pair']}"
+    return f"{s['no_positive_pair']} / {s['no_negative_pair']}"
 
 
 def _stat(*path: str, digits: int = 6) -> Callable[[dict[str, Any]], str]:
@@ -61,7 +61,7 @@ def _stat(*path: str, digits: int = 6) -> Callable[[dict[str, Any]], str]:
 ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("rows", _stat("rows")),
     ("batches used / total", _batches),
-    ("skipped: one class / no pos pair", _skipped),
+    ("skipped: no pos / no neg pair", _skipped),
     ("gap, last batch (TF Similarity)", _stat("last_gap")),
     ("gap mean", _stat("gap", "mean")),
     ("gap std", _stat("gap", "std")),
@@ -160,6 +160,15 @@ def _caption(doc: dict[str, Any]) -> list[str]:
         lines.append(f"dropped {sum(inp['dropped'].values())} invalid rows: {parts}")
     if any(r["similarity"] for r in doc["results"]):
         lines.append(SIMILARITY_NOTE)
+    for g in doc.get("gates", []):
+        gate = GATES[g["gate"]]
+        relation = "at least" if gate.at_least else "at most"
+        verdict = "passed" if g["passed"] else "FAILED"
+        lines.append(
+            f"gate {gate.flag} on {g['distance']}: {g['statistic']} "
+            f"{_number(g['measured'])}, required {relation} {g['required']:g}: "
+            f"{verdict}"
+        )
     return lines
 
 

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from distgap_cli.errors import InputError
+from distgap_cli.errors import InputError, UsageError
 
 PARQUET = "parquet"
 ARROW_FILE = "arrow-file"
@@ -100,9 +100,25 @@ def _partition_of(path: str, root: str) -> dict[str, str]:
     return parts
 
 
-def _is_data_file(name: str) -> bool:
-    """Skip hidden and bookkeeping files (``_SUCCESS``, ``.crc``, ``_metadata``)."""
-    return not name.startswith((".", "_")) and not name.endswith(".crc")
+def _is_data_file(folder: str, name: str) -> bool:
+    """Whether a file found in a directory is input.
+
+    Hidden and bookkeeping files (``_SUCCESS``, ``_metadata``, ``.crc``) are not.
+    Files named as a data format are (a wrong name is reported later); files with
+    no suffix are when their first bytes are a data format (Hadoop-style
+    ``part-00000``); files with any other suffix (a README, a JSON schema) are not.
+    """
+    if name.startswith((".", "_")):
+        return False
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in _SUFFIXES:
+        return True
+    if suffix:
+        return False
+    try:
+        return sniff(_read_head(os.path.join(folder, name))) is not None
+    except InputError:
+        return False
 
 
 def _expand(path: str) -> list[tuple[str, dict[str, str]]]:
@@ -111,7 +127,7 @@ def _expand(path: str) -> list[tuple[str, dict[str, str]]]:
         for folder, dirs, files in os.walk(path):
             dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
             for name in files:
-                if _is_data_file(name):
+                if _is_data_file(folder, name):
                     full = os.path.join(folder, name)
                     found.append((full, _partition_of(full, path)))
         if not found:
@@ -174,6 +190,8 @@ def discover(paths: list[str]) -> list[Source]:
         InputError: for a missing path, an empty directory or glob, an empty or
             unrecognised file, or a file whose content contradicts its name.
     """
+    if paths.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
     sources: list[Source] = []
     try:
         for given in paths:

@@ -71,16 +71,24 @@ def test_c2_degenerate_batch_is_skipped_and_counted(cli, tmp_path):
     assert "--shuffle" in out.stderr
 
 
-def test_c2_every_batch_degenerate_is_an_error(cli, tmp_path):
+@pytest.mark.parametrize(
+    "labels, batch, says",
+    [
+        ([0, 0, 1, 1], "2", ["none of the 2 batch(es)", "--shuffle", "--batch-size"]),
+        ([0, 1, 2, 3], "4", ["no batch had two rows of one class", "--batch-size"]),
+        ([0, 0, 0, 0], "4", ["single class", "at least two classes"]),
+    ],
+)
+def test_c2_every_batch_degenerate_is_an_error(cli, tmp_path, labels, batch, says):
     x = [[0.5, 0], [1, 0], [0, 1], [1, 1]]
-    for labels in ([0, 0, 0, 0], [0, 1, 2, 3]):
-        path = write_parquet(tmp_path / f"d{labels[1]}.parquet", x, labels)
-        out = cli("eval", path, "-b", "4")
-        assert out.exit_code == 2
-        assert out.stdout == ""
-        assert "no gap" in out.stderr and "--shuffle" in out.stderr
-        assert "--batch-size" in out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
+    path = write_parquet(tmp_path / "degenerate.parquet", x, labels)
+    out = cli("eval", path, "-b", batch)
+    assert out.exit_code == 2
+    assert out.stdout == ""
+    assert "no gap" in out.stderr
+    for text in says:
+        assert text in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_sorted_input_warns_and_shuffle_fixes_it(cli):

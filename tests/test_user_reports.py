@@ -1,0 +1,167 @@
+"""Faults a new user ran into, each pinned by a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import (
+    HARDNEG_X,
+    HARDNEG_Y,
+    ROOT,
+    SAMPLE_DATA,
+    write_npy_pair,
+    write_parquet,
+)
+
+
+def _command():
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cosine", "euclidean", "squared_euclidean", "snr", "inner_product", "manhattan"],
+)
+def test_values_too_large_for_float32_are_refused(cli, tmp_path, name):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(8, 64)) * 1e18).astype(np.float32)
+    emb, _ = write_npy_pair(tmp_path, x, [0, 0, 1, 1, 2, 2, 3, 3])
+    out = cli("eval", emb, "-d", name)
+    assert out.exit_code == 2 and out.stdout == ""
+    assert "row 0" in out.stderr and "rescale" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_large_accepted_values_keep_cosine_right(cli, tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 256)).astype(np.float32)
+    y = [0, 0, 1, 1, 2, 2, 3, 3]
+    small, _ = write_npy_pair(tmp_path, x, y, stem="small")
+    big, _ = write_npy_pair(tmp_path, x * np.float32(1e14), y, stem="big")
+    gaps = [
+        json.loads(cli("eval", p, "-d", "cosine", "-d", "snr", "-f", "json").stdout)
+        for p in (small, big)
+    ]
+    for a, b in zip(gaps[0]["results"], gaps[1]["results"], strict=True):
+        assert b["gap"]["mean"] == pytest.approx(a["gap"]["mean"], rel=1e-4)
+
+
+def test_directory_with_a_readme_reads_only_the_data(cli, tmp_path):
+    folder = tmp_path / "shards"
+    (folder / "part=1").mkdir(parents=True)
+    write_parquet(folder / "a.parquet", HARDNEG_X, HARDNEG_Y)
+    write_parquet(folder / "part=1" / "part-00000", HARDNEG_X, HARDNEG_Y)
+    (folder / "README.md").write_text("# my shards\n")
+    (folder / "schema.json").write_text("{}")
+    (folder / "notes").write_text("plain text without a suffix")
+    out = cli("eval", folder, "-d", "l2", "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    assert len(json.loads(out.stdout)["input"]["files"]) == 2
+
+
+def test_usage_errors_are_one_line():
+    for args in (
+        ["eval", "x", "--no-such-flag"],
+        ["eval"],
+        ["evl"],
+        ["eval", "x", "-b", "1"],
+    ):
+        out = subprocess.run(
+            [*_command(), *args], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 2, args
+        assert out.stdout == ""
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, out.stderr)
+
+
+def test_table_into_a_closed_pipe_exits_141():
+    producer = subprocess.Popen(
+        [*_command(), "eval", str(SAMPLE_DATA / "digits_trained.parquet"), "-d", "all"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    producer.stdout.close()
+    stderr = producer.stderr.read()
+    assert producer.wait(timeout=300) == 141
+    assert b"Traceback" not in stderr
+
+
+def test_full_disk_is_a_clean_error():
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [
+                *_command(),
+                "eval",
+                str(SAMPLE_DATA / "digits_trained.parquet"),
+                "-f",
+                "json",
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert out.returncode == 2
+    assert "No space left" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_single_class_input_says_so(cli, tmp_path):
+    path = write_parquet(tmp_path / "one.parquet", HARDNEG_X, [3, 3, 3, 3])
+    out = cli("eval", path, "-d", "l2", "--shuffle")
+    assert out.exit_code == 2 and "single class" in out.stderr
+    assert "--shuffle" not in out.stderr
+
+
+def test_bad_npy_labels_name_the_labels_file(cli, tmp_path):
+    emb, labels = write_npy_pair(tmp_path, HARDNEG_X, np.array([0.0, 0.5, 1.0, 1.0]))
+    out = cli("eval", emb, "-d", "l2", "--labels", labels)
+    assert out.exit_code == 2
+    assert str(labels) in out.stderr and "row 1" in out.stderr
+
+
+def test_hive_key_is_found_as_the_only_label_candidate(cli, tmp_path):
+    for digit in (0, 1):
+        folder = tmp_path / "hive" / f"digit={digit}"
+        folder.mkdir(parents=True)
+        x = HARDNEG_X[:2] if digit == 0 else HARDNEG_X[2:]
+        write_parquet(folder / "part.parquet", x, [9, 9])
+        # Drop the label column: the folder name is the only label.
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(folder / "part.parquet").drop(["label"])
+        pq.write_table(table, folder / "part.parquet")
+    out = cli("eval", tmp_path / "hive", "-d", "l2", "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    assert json.loads(out.stdout)["results"][0]["gap"]["mean"] == pytest.approx(5.0)
+
+
+def test_stdin_twice_and_overwriting_an_input(cli, tmp_path):
+    assert "only once" in cli("eval", "-", "-").stderr
+    path = write_parquet(tmp_path / "in.parquet", HARDNEG_X, HARDNEG_Y)
+    before = path.read_bytes()
+    out = cli("eval", path, "-d", "l2", "-f", "json", "-o", path)
+    assert out.exit_code == 2 and "one of the inputs" in out.stderr
+    assert path.read_bytes() == before
+
+
+def test_failed_output_keeps_the_previous_report(cli, tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("previous report")
+    out = cli("eval", tmp_path / "missing.parquet", "-o", target)
+    assert out.exit_code == 2
+    assert target.read_text() == "previous report"
+
+
+def test_gates_appear_in_table_and_markdown(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
+    assert md.exit_code == 1
+    assert "gate --min-margin on euclidean: margin.mean -5.000000" in md.stdout
+    assert "FAILED" in md.stdout
