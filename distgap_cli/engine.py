@@ -118,7 +118,7 @@ class BatchEvaluator:
                     )
             return out
 
-        self._fn = tf.function(evaluate, reduce_retracing=True)
+        self._fn = tf.function(evaluate, reduce_retracing=True, autograph=False)
         self._tf = tf
 
     def __call__(

@@ -106,7 +106,7 @@ class ExactEvaluator:
         def tile(*args: Any) -> dict[str, Any]:
             return {d.value: core.cross_extremes(d, *args)._asdict() for d in distances}
 
-        self._fn = tf.function(tile, input_signature=spec)
+        self._fn = tf.function(tile, input_signature=spec, autograph=False)
 
     def __call__(self, *args: np.ndarray) -> dict[Distance, dict[str, np.ndarray]]:
         with self._tf.device(self.device):

@@ -92,7 +92,9 @@ def batch_value(distance: Distance, statistic: tuple[str, ...]) -> Any:
             nan = tf.constant(float("nan"), value.dtype)
             return tf.where(poisoned, nan, value), valid | poisoned
 
-        _COMPILED[key] = tf.function(compute, input_signature=_SIGNATURE)
+        _COMPILED[key] = tf.function(
+            compute, input_signature=_SIGNATURE, autograph=False
+        )
     return _COMPILED[key]
 
 
