@@ -47,11 +47,7 @@ def build(
 ) -> dict[str, Any]:
     """The report document of a batch-mode run."""
     settings = result.settings
-    results = []
-    for distance, acc in result.accumulators.items():
-        entry = {"distance": distance.value, "similarity": distance.is_similarity}
-        entry.update(acc.summary())
-        results.append(entry)
+    results = [_entry(d, acc.summary()) for d, acc in result.accumulators.items()]
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "distgap_version": __version__,
@@ -72,22 +68,32 @@ def build(
         "results": results,
     }
     if result.per_file:
-        doc["per_file"] = [
+        doc["per_file"] = _per_file(
+            reader,
             {
-                "file": reader.sources[owner].name,
-                "results": [
-                    {
-                        "distance": d.value,
-                        "similarity": d.is_similarity,
-                        **acc.summary(),
-                    }
-                    for d, acc in states.items()
-                ],
-            }
-            for owner, states in sorted(result.per_file.items())
-        ]
+                owner: {d: acc.summary() for d, acc in states.items()}
+                for owner, states in result.per_file.items()
+            },
+        )
     doc["gates"] = check_gates(doc, gates)
     return doc
+
+
+def _entry(distance: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """One ``results[]`` entry: the distance, whether it is a similarity, figures."""
+    return {"distance": distance.value, "similarity": distance.is_similarity, **summary}
+
+
+def _per_file(
+    reader: Reader, per_file: dict[int, dict[Any, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "file": reader.sources[owner].name,
+            "results": [_entry(d, summary) for d, summary in states.items()],
+        }
+        for owner, states in sorted(per_file.items())
+    ]
 
 
 def build_exact(
@@ -108,22 +114,10 @@ def build_exact(
             "distances": [d.value for d in settings.distances],
         },
         "device": result.device,
-        "results": [
-            {"distance": d.value, "similarity": d.is_similarity, **summary}
-            for d, summary in result.results.items()
-        ],
+        "results": [_entry(d, summary) for d, summary in result.results.items()],
     }
     if result.per_file:
-        doc["per_file"] = [
-            {
-                "file": reader.sources[owner].name,
-                "results": [
-                    {"distance": d.value, "similarity": d.is_similarity, **summary}
-                    for d, summary in states.items()
-                ],
-            }
-            for owner, states in sorted(result.per_file.items())
-        ]
+        doc["per_file"] = _per_file(reader, result.per_file)
     doc["gates"] = check_gates(doc, gates)
     return doc
 

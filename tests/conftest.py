@@ -16,7 +16,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "sample_data"
-SHARED = ROOT.parent / "shared"
 
 # The "hardneg" fixture of the shared cases: euclidean gap 5.
 HARDNEG_X = np.array([[0.0], [1.0], [3.0], [10.0]], dtype=np.float32)

@@ -15,7 +15,7 @@ from distgap_cli import core
 from distgap_cli.distances import Distance, canonical, parse_selection, valid_names
 from distgap_cli.errors import UsageError
 
-from .conftest import HARDNEG_X, HARDNEG_Y, SHARED
+from .conftest import HARDNEG_X, HARDNEG_Y, ROOT
 from .reference import batch as reference_batch
 
 tf = core.tf
@@ -35,9 +35,9 @@ def run(name, labels, embeddings, mask=None):
 
 
 def _reference_cases():
-    path = SHARED / "reference" / "tfsim_gap_cases.json"
-    if not path.exists():
-        pytest.skip(f"{path} is not present")
+    """Golden batches computed by TensorFlow Similarity 0.17.1 (see the README
+    beside the file)."""
+    path = ROOT / "tests" / "golden" / "tfsim" / "tfsim_gap_cases.json"
     return json.loads(path.read_text())["cases"]
 
 
