@@ -9,8 +9,9 @@ by the embeddings.
 
 The balanced sampler draws batches the way TensorFlow Similarity's multi-shot
 sampler builds them for training: ``classes_per_batch`` distinct classes, then
-``examples_per_class`` rows of each, without replacement inside the batch (with
-replacement for a class that has fewer rows).
+``examples_per_class`` rows of each, without replacement inside the batch. A
+class with fewer rows contributes all of them: drawing a row twice would pair it
+with its own copy at distance 0, a positive that does not exist.
 """
 
 from __future__ import annotations
@@ -206,8 +207,8 @@ def balanced(
             picks = [
                 rng.choice(
                     members[starts[c] : starts[c] + counts[c]],
-                    size=examples_per_class,
-                    replace=bool(counts[c] < examples_per_class),
+                    size=min(examples_per_class, int(counts[c])),
+                    replace=False,
                 )
                 for c in chosen
             ]

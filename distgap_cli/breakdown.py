@@ -85,7 +85,7 @@ def per_class(anchors: PerAnchor, labels: LabelMap, top: int | None) -> list[dic
     classes = []
     for i, label_id in enumerate(ids):
         row: dict[str, Any] = {
-            "label": labels.name(int(label_id)),
+            "label": labels.value(int(label_id)),
             "size": int(sizes[i]),
             "mean_hardest_pos": float(mean_pos[i]),
             "mean_hardest_neg": float(mean_neg[i]),
@@ -95,7 +95,7 @@ def per_class(anchors: PerAnchor, labels: LabelMap, top: int | None) -> list[dic
         if precision is not None:
             row["precision_at_1"] = float(precision[i])
         target, share = confused[i]
-        row["most_confused_with"] = None if target is None else labels.name(target)
+        row["most_confused_with"] = None if target is None else labels.value(target)
         row["most_confused_share"] = share
         classes.append(row)
 

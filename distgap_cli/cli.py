@@ -431,6 +431,12 @@ def eval_command(
                 raise UsageError("--per-file in batch mode needs --sampler sequential")
         if top is not None and not per_class:
             raise UsageError("--top needs --per-class")
+        if fmt is Format.CSV and (per_class or per_file):
+            raise UsageError(
+                "CSV holds one table, one line per distance: for --per-class or "
+                "--per-file use --format json, jsonl, markdown or table (or "
+                "--per-row FILE)"
+            )
         limit_bytes = _parse_size(memory_limit)
         from distgap_cli import engine, report, sources
         from distgap_cli.reading import Reader
@@ -511,6 +517,7 @@ def eval_command(
                     reader.label_map,
                 )
             if previous is not None:
+                result.warnings.extend(report.comparable(doc, previous))
                 doc["baseline"] = {
                     "file": str(baseline),
                     "max_drop": max_drop,
@@ -604,6 +611,8 @@ def compare_command(
         drop = report.parse_drop(max_drop) if max_drop is not None else None
         old = report.load_report(str(baseline))
         new = report.load_report(str(current))
+        for warning in report.comparable(new, old):
+            _err_console().print(f"[yellow]warning:[/] {escape(warning)}")
         doc = {
             "schema": report.COMPARE_SCHEMA,
             "baseline": str(baseline),

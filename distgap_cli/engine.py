@@ -295,8 +295,10 @@ def evaluate(
                 more = len(plan.small_classes) - 10
                 warnings.append(
                     f"{len(plan.small_classes)} class(es) have fewer than "
-                    f"{settings.examples_per_class} rows and are drawn with "
-                    f"replacement: {shown}" + (f" and {more} more" if more > 0 else "")
+                    f"{settings.examples_per_class} rows, so their batches hold all "
+                    "their rows and fewer than --examples-per-class (a class of one "
+                    f"row gives its anchor no positive): {shown}"
+                    + (f" and {more} more" if more > 0 else "")
                 )
 
     health = BatchHealth()

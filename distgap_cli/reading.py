@@ -110,6 +110,10 @@ class LabelMap:
             return {"kind": "string", "ids": dict(self.ids)}
         return {"kind": self.kind or "integer", "ids": None}
 
+    def value(self, label_id: int) -> int | str:
+        """The label as the input held it: an integer, or its string."""
+        return self.name(label_id) if self.kind == "string" else int(label_id)
+
     def name(self, label_id: int) -> str:
         """The label a user wrote for ``label_id``."""
         if self.kind == "string":

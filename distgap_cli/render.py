@@ -233,7 +233,7 @@ def _per_class_rows(classes: list[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for c in classes:
         row = {
-            "class": c["label"],
+            "class": str(c["label"]),
             "size": str(c["size"]),
             "hardest pos": _number(c["mean_hardest_pos"]),
             "hardest neg": _number(c["mean_hardest_neg"]),
@@ -285,8 +285,34 @@ def markdown(doc: dict[str, Any]) -> str:
         cells = " | ".join(read(e) for e in doc["results"])
         out.append(f"| {label} | {cells} |")
     out.append("")
-    out.extend(f"_{line}_" for line in _caption(doc))
+    out.extend(f"_{_md_escape(line)}_" for line in _caption(doc))
+    if "per_file" in doc:
+        out += ["", "**per file**", "", *_md_table(_per_file_rows(doc))]
+    for name, classes in doc.get("per_class", {}).items():
+        title = f"**per class, {name} (worst first)**"
+        out += ["", title, "", *_md_table(_per_class_rows(classes))]
     return "\n".join(out) + "\n"
+
+
+def _md_escape(text: str) -> str:
+    """Escape the characters Markdown would read as markup or table syntax."""
+    for char in "\\`*_|[]":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _md_table(rows: list[dict[str, str]]) -> list[str]:
+    if not rows:
+        return []
+    columns = list(rows[0])
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "| "
+        + " | ".join("---" if i < 2 else "---:" for i in range(len(columns)))
+        + " |",
+    ]
+    lines += ["| " + " | ".join(_md_escape(r[c]) for c in columns) + " |" for r in rows]
+    return lines
 
 
 def _csv_value(value: Any) -> str:

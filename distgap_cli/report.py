@@ -101,14 +101,16 @@ def build_exact(
 ) -> dict[str, Any]:
     """The report document of an exact-mode run."""
     settings = result.settings
+    sampled = settings.anchors is not None and settings.anchors < result.rows
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "distgap_version": __version__,
         "input": _input_summary(reader, result.dimension, result.classes),
         "settings": {
             "mode": "exact",
-            "anchors": settings.anchors,
-            "seed": settings.seed if settings.anchors is not None else None,
+            # Sampling only happens when fewer anchors than rows were asked for.
+            "anchors": settings.anchors if sampled else None,
+            "seed": settings.seed if sampled else None,
             "limit": reader.options.limit,
             "on_invalid": reader.options.on_invalid,
             "distances": [d.value for d in settings.distances],
@@ -253,7 +255,10 @@ def json_line(record: dict[str, Any]) -> str:
 
 
 def result_lines(doc: dict[str, Any]) -> str:
-    """``--format jsonl``: one object per distance, with its gates and baseline."""
+    """``--format jsonl``: one object per distance (``kind: "result"``) with its
+    gates and baseline comparisons, then one per file and distance (``"file"``)
+    and one per class and distance (``"class"``) when those breakdowns were asked
+    for."""
     lines = []
     for entry in doc["results"]:
         name = entry["distance"]
@@ -264,6 +269,12 @@ def result_lines(doc: dict[str, Any]) -> str:
                 c for c in doc["baseline"]["comparisons"] if c["distance"] == name
             ]
         lines.append(json_line(record))
+    for part in doc.get("per_file", []):
+        for entry in part["results"]:
+            lines.append(json_line({"kind": "file", "file": part["file"], **entry}))
+    for name, classes in doc.get("per_class", {}).items():
+        for entry in classes:
+            lines.append(json_line({"kind": "class", "distance": name, **entry}))
     return "".join(lines)
 
 
@@ -368,6 +379,29 @@ def compare(
                 }
             )
     return {"comparisons": comparisons}
+
+
+def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """Check that two reports measure the same thing; warnings for lesser drift.
+
+    Raises:
+        UsageError: when one is a batch-mode and the other an exact-mode report.
+    """
+    mine, theirs = current.get("settings", {}), baseline.get("settings", {})
+    if mine.get("mode") != theirs.get("mode"):
+        raise UsageError(
+            f"the baseline is a {theirs.get('mode')}-mode report and this one "
+            f"{mine.get('mode')}-mode: their figures are not comparable; compare "
+            "reports made with the same --mode"
+        )
+    warnings = []
+    for key in ("batch_size", "sampler", "classes_per_batch", "examples_per_class"):
+        if mine.get(key) != theirs.get(key):
+            warnings.append(
+                f"the baseline used {key} {theirs.get(key)} and this report "
+                f"{mine.get(key)}: per-batch figures depend on it"
+            )
+    return warnings
 
 
 def failed_comparisons(section: dict[str, Any], flag: str = "--max-drop") -> list[str]:

@@ -42,18 +42,56 @@ def test_balanced_batches_hold_c_classes_of_e_rows():
         spill.close()
 
 
-def test_small_classes_are_drawn_with_replacement_and_named():
-    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
+def test_small_classes_give_all_their_rows_and_never_a_row_twice():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
     spill = _spill(labels)
     try:
-        plan, batches = batching.balanced(spill, 3, 3, None, seed=0)
-        assert plan.small_classes == [1]
-        assert plan.batches == 2  # 10 rows, 9 per batch: about once each
+        plan, batches = batching.balanced(spill, 4, 3, None, seed=0)
+        assert plan.small_classes == [1, 3]
+        assert plan.batches == 1  # 11 rows, 12 per batch: about once each
         for batch in batches:
-            ones = batch.rows[batch.labels == 1]
-            assert len(ones) == 3 and set(ones) <= {4, 5}
+            assert sorted(batch.rows[batch.labels == 1]) == [4, 5]
+            assert list(batch.rows[batch.labels == 3]) == [10]
+            assert len(np.unique(batch.rows)) == len(batch.rows)
     finally:
         spill.close()
+
+
+def test_a_single_row_class_gets_no_made_up_positive(cli, tmp_path):
+    x = np.array([[0, 0], [0, 1], [5, 0], [5, 1], [5, 2], [9, 9], [-9, 9]], "f4")
+    labels = ["a", "a", "b", "b", "b", "c", "d"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.parquet"
+    pq.write_table(
+        pa.table(
+            {"embedding": pa.array(x.tolist(), pa.list_(pa.float32())), "label": labels}
+        ),
+        path,
+    )
+    out = cli(
+        "eval",
+        path,
+        "--sampler",
+        "balanced",
+        "--classes-per-batch",
+        "4",
+        "--examples-per-class",
+        "2",
+        "--batches",
+        "3",
+        "-d",
+        "l2",
+        "-f",
+        "json",
+    )
+    assert out.exit_code == 0, out.stderr
+    assert "c, d" in out.stderr and "no positive" in out.stderr
+    result = json.loads(out.stdout)["results"][0]
+    # Every batch holds a, b, c, d: 2 + 2 + 1 + 1 rows, 4 anchors with a positive.
+    assert result["rows"] == 3 * 6
+    assert result["anchors"]["with_positive"] == 3 * 4
 
 
 def test_same_seed_same_batches_other_seed_other_batches():

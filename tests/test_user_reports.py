@@ -165,3 +165,39 @@ def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     assert md.exit_code == 1
     assert "gate --min-margin on euclidean: margin.mean -5.000000" in md.stdout
     assert "FAILED" in md.stdout
+
+
+def test_reports_of_different_modes_are_not_compared(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    batch, whole = tmp_path / "batch.json", tmp_path / "exact.json"
+    batch.write_text(cli("eval", path, "-d", "l2", "-f", "json").stdout)
+    whole.write_text(
+        cli("eval", path, "-d", "l2", "--mode", "exact", "-f", "json").stdout
+    )
+    out = cli("compare", batch, whole)
+    assert out.exit_code == 2 and "same --mode" in out.stderr
+    gated = cli("eval", path, "-d", "l2", "--baseline", whole, "--max-drop", "0")
+    assert gated.exit_code == 2 and "not comparable" in gated.stderr
+    other_batch = cli("eval", path, "-d", "l2", "-b", "3", "--baseline", batch)
+    assert "batch_size" in other_batch.stderr
+
+
+def test_breakdowns_in_every_format_that_can_hold_them(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    args = ("eval", path, "-d", "l2", "--per-class", "--per-file")
+    lines = [json.loads(x) for x in cli(*args, "-f", "jsonl").stdout.splitlines()]
+    assert [x["kind"] for x in lines] == ["result", "file", "class", "class"]
+    assert {x["label"] for x in lines if x["kind"] == "class"} == {0, 1}
+    md = cli(*args, "-f", "markdown").stdout
+    assert "**per class, euclidean (worst first)**" in md and "**per file**" in md
+    csv = cli(*args, "-f", "csv")
+    assert csv.exit_code == 2 and "--per-row" in csv.stderr
+
+
+def test_more_anchors_than_rows_is_no_sample(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    out = cli(
+        "eval", path, "-d", "l2", "--mode", "exact", "--anchors", "100", "-f", "json"
+    )
+    doc = json.loads(out.stdout)
+    assert doc["settings"]["anchors"] is None and doc["results"][0]["anchors"] == 4
