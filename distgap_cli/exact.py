@@ -209,7 +209,6 @@ class AnchorView:
     has_neg: np.ndarray
     nearest_neg_row: np.ndarray  # positions in Rows, -1 where none
     hit: np.ndarray  # the nearest neighbour shares the label
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def view(distance: Distance, table: AnchorTable) -> AnchorView:

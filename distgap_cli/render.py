@@ -344,20 +344,10 @@ def csv_text(doc: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def text(doc: dict[str, Any], fmt: str, width: int | None = None) -> str:
-    """The report in ``fmt`` as plain text (a table is rendered without colour)."""
-    if fmt == "json":
-        return to_json(doc)
-    if fmt == "jsonl":
-        return result_lines(doc)
-    if fmt == "csv":
-        return csv_text(doc)
-    if fmt == "markdown":
-        return markdown(doc)
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=width or 100, no_color=True, highlight=False)
-    table(doc, console)
-    return buffer.getvalue()
+def text(doc: dict[str, Any], fmt: str) -> str:
+    """The report in a machine format: json, jsonl, csv or markdown."""
+    writers = {"json": to_json, "jsonl": result_lines, "csv": csv_text}
+    return writers.get(fmt, markdown)(doc)
 
 
 # distgap compare -------------------------------------------------------------
