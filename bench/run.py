@@ -36,7 +36,6 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
-ROWS_PER_CALL = 4096
 
 
 def make_data(rows: int, dim: int) -> dict[str, Path]:
@@ -141,7 +140,9 @@ def matmul_only(
     from distgap_cli.backend import tensorflow
 
     tf = tensorflow()
-    k = max(1, ROWS_PER_CALL // batch) if stacked else 1
+    from distgap_cli.engine import stack_size
+
+    k = stack_size(batch) if stacked else 1
     x = tf.constant(np.random.default_rng(1).normal(size=(k, batch, dim)), tf.float32)
     gram = tf.function(lambda x: tf.linalg.matmul(x, x, transpose_b=True))
     calls = -(-rows // (k * batch))
