@@ -121,7 +121,8 @@ class Moments:
         )
 
 
-_BATCH_FIELDS = ("gap", "margin", "max_pos", "min_neg")
+# The per-batch figures kept as moments (their mean, std, min and max).
+BATCH_FIELDS = ("gap", "margin", "max_pos", "min_neg")
 _COUNTS = (
     "batches",
     "rows",
@@ -146,7 +147,7 @@ class GapAccumulator:
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))
     moments: dict[str, Moments] = field(
-        default_factory=lambda: {name: Moments() for name in _BATCH_FIELDS}
+        default_factory=lambda: {name: Moments() for name in BATCH_FIELDS}
     )
     sum_hardest_pos: int = 0
     sum_hardest_neg: int = 0
@@ -164,7 +165,7 @@ class GapAccumulator:
             elif not has_neg:
                 counts["skipped_no_negative_pair"] += 1
             else:
-                for name in _BATCH_FIELDS:
+                for name in BATCH_FIELDS:
                     self.moments[name].add(float(stats[name][k]))
             for name in (
                 "anchors_with_pos",
@@ -180,7 +181,7 @@ class GapAccumulator:
         """Fold in the state of the batches that came after these ones."""
         for name in _COUNTS:
             self.counts[name] += later.counts[name]
-        for name in _BATCH_FIELDS:
+        for name in BATCH_FIELDS:
             self.moments[name].merge(later.moments[name])
         self.sum_hardest_pos += later.sum_hardest_pos
         self.sum_hardest_neg += later.sum_hardest_neg

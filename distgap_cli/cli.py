@@ -306,13 +306,17 @@ def eval_command(
     min_gap: Annotated[
         float | None,
         typer.Option(
-            metavar="X", help="Gate: fail (exit 1) unless the mean gap is at least X."
+            metavar="X",
+            help="Gate: fail (exit 1) unless the gap (in batch mode its mean over "
+            "batches) is at least X.",
         ),
     ] = None,
     min_margin: Annotated[
         float | None,
         typer.Option(
-            metavar="X", help="Gate: fail unless the mean margin is at least X."
+            metavar="X",
+            help="Gate: fail unless the margin (in batch mode its mean over batches) "
+            "is at least X.",
         ),
     ] = None,
     max_violation_rate: Annotated[

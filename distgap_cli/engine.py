@@ -8,6 +8,7 @@ function is traced once per run and the per-call overhead is shared.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -320,7 +321,7 @@ def evaluate(
         evaluator = BatchEvaluator(
             settings.distances, settings.device, settings.per_anchor
         )
-        chained = _prepend(first, batches)
+        chained = itertools.chain([first], batches)
         done = 0
         for stack in prefetch(_stacks(chained, settings.batch_size, k)):
             stats = evaluator(stack.labels, stack.x, stack.mask)
@@ -373,13 +374,7 @@ def _add_per_file(
         owner = int(stack.files[i, 0])
         states = per_file.setdefault(owner, {d: GapAccumulator() for d in stats})
         for distance, values in stats.items():
-            states[distance].add_batches(
-                {
-                    k: v[i : i + 1]
-                    for k, v in values.items()
-                    if not k.startswith("anchor_")
-                }
-            )
+            states[distance].add_batches({k: v[i : i + 1] for k, v in values.items()})
 
 
 def _per_anchor(stack: Stack, values: dict[str, np.ndarray]) -> PerAnchor:
@@ -402,11 +397,6 @@ def _per_anchor(stack: Stack, values: dict[str, np.ndarray]) -> PerAnchor:
             )
         )
     return PerAnchor.concat(parts)
-
-
-def _prepend(first: batching.Batch, rest: Iterator[batching.Batch]) -> Iterator[Any]:
-    yield first
-    yield from rest
 
 
 def _check_batches(result: EvalResult) -> None:

@@ -9,6 +9,7 @@ for all of them when the dataset is large.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ def collect(blocks: Iterable[Block], memory_limit: int) -> Rows:
         held.append(block)
         size += block.embeddings.nbytes
         if size > memory_limit:
-            spill = Spill(_chain(held, iterator))
+            spill = Spill(itertools.chain(held, iterator))
             return Rows(spill.embeddings, spill.labels, spill.rows, spill.files, spill)
     if not held:
         empty = np.empty(0, np.int64)
@@ -62,11 +63,6 @@ def collect(blocks: Iterable[Block], memory_limit: int) -> Rows:
         np.concatenate([b.rows for b in held]),
         np.concatenate([np.full(len(b.labels), b.file, np.int32) for b in held]),
     )
-
-
-def _chain(first: list[Block], rest: Iterable[Block]) -> Iterable[Block]:
-    yield from first
-    yield from rest
 
 
 @dataclass

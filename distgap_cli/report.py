@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from distgap_cli import __version__
+from distgap_cli.accumulate import BATCH_FIELDS
 from distgap_cli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -221,8 +222,6 @@ def to_json(doc: dict[str, Any]) -> str:
 
 # Per-batch records --------------------------------------------------------------
 
-_BATCH_FIELDS = ("gap", "margin", "max_pos", "min_neg")
-
 
 def batch_records(
     first_index: int, stack: Any, stats: dict[Any, dict[str, Any]]
@@ -241,7 +240,7 @@ def batch_records(
                     values["has_pos_pair"][i] and values["has_neg_pair"][i]
                 ),
             }
-            for name in _BATCH_FIELDS:
+            for name in BATCH_FIELDS:
                 record[name] = float(values[name][i])
             record["violations"] = int(values["violations"][i])
             record["anchors_with_both"] = int(values["anchors_with_both"][i])

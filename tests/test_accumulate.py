@@ -42,6 +42,14 @@ def test_moments_are_exact():
     assert (moments.low, moments.high, moments.last) == (-1e12, 1e12, -1e12)
 
 
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_values_are_refused_not_crashed_on(value):
+    from distgap_cli.errors import NumericalError
+
+    with pytest.raises(NumericalError, match="too large for float32"):
+        Moments().add(value)
+
+
 def test_merging_two_halves_equals_the_whole_bit_for_bit():
     stats = _stats(_random_batches(9))
     whole = GapAccumulator()

@@ -165,14 +165,17 @@ def test_json_schema_changes_need_a_version_bump(cli, saved):
             saved["pixels"],
         ).stdout
     )
-    recorded = json.loads(SCHEMA_KEYS.read_text())
+    versions = json.loads(SCHEMA_KEYS.read_text())["versions"]
     keys = sorted(_key_paths(doc))
     assert doc["schema"] == report.SCHEMA
-    if recorded["schema"] == report.SCHEMA:
-        assert keys == recorded["keys"], (
-            "the JSON report's fields changed: bump report.SCHEMA, document the "
-            "new version in the README and re-record tests/golden/schema_keys.json"
-        )
+    assert report.SCHEMA in versions, (
+        f"{report.SCHEMA} has no recorded field list: add one to {SCHEMA_KEYS.name}"
+    )
+    assert keys == versions[report.SCHEMA], (
+        "the JSON report's fields changed: bump report.SCHEMA, document the new "
+        "version in the README and record its fields as a new entry in "
+        f"{SCHEMA_KEYS.name} (earlier versions' entries stay as they are)"
+    )
 
 
 def _run(args, **kw):
