@@ -77,7 +77,12 @@ def _cut(pending: list[Block], n: int) -> tuple[Batch, list[Block]]:
             rest.insert(0, _slice(block, need, size))
             need = 0
     batch = Batch(
-        embeddings=np.concatenate([p.embeddings for p in parts]),
+        # One part (the usual case) is kept as a view: stacking copies it anyway.
+        embeddings=(
+            parts[0].embeddings
+            if len(parts) == 1
+            else np.concatenate([p.embeddings for p in parts])
+        ),
         labels=np.concatenate([p.labels for p in parts]),
         rows=np.concatenate([p.rows for p in parts]),
         files=np.concatenate(

@@ -615,10 +615,21 @@ class Reader:
     def _as_float32(
         self, values: np.ndarray, ok: np.ndarray, name: str, checks: list[_Check]
     ) -> np.ndarray:
-        """Convert to float32 and flag non-finite rows and rows the distance rejects."""
-        with np.errstate(over="ignore"):  # beyond float32 becomes inf, caught below
-            out = np.asarray(values, dtype=np.float32)
-        finite = np.isfinite(out).all(axis=1)
+        """Convert to float32 and flag non-finite rows and rows the distance rejects.
+
+        One pass (each row's sum of squares) clears almost every row: a sum that
+        is finite and at most ``MAX_MAGNITUDE**2`` means every value is finite and
+        small enough, and a non-zero sum means the row is not all zeros. Only the
+        rows it cannot clear are looked at value by value.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(values, dtype=np.float32)  # beyond float32 becomes inf
+            squares = np.einsum("ij,ij->i", out, out)
+        magnitude = np.zeros(len(out), np.float32)
+        doubtful = np.flatnonzero(~(squares <= np.float32(MAX_MAGNITUDE) ** 2))
+        if doubtful.size and out.shape[1]:
+            magnitude[doubtful] = np.abs(out[doubtful]).max(axis=1)  # NaN stays NaN
+        finite = np.isfinite(magnitude)
         bad = ok & ~finite
         checks.append(
             _Check(
@@ -633,7 +644,6 @@ class Reader:
             )
         )
         ok = ok & finite
-        magnitude = np.abs(out).max(axis=1) if out.shape[1] else np.zeros(len(out))
         huge = ok & (magnitude > MAX_MAGNITUDE)
         checks.append(
             _Check(
@@ -651,7 +661,10 @@ class Reader:
         )
         ok = ok & ~huge
         if self.options.need_direction:
-            zero = ok & ~out.any(axis=1)
+            zero = np.zeros(len(out), bool)
+            maybe = np.flatnonzero(squares == 0)
+            zero[maybe] = ~out[maybe].any(axis=1)
+            zero &= ok
             checks.append(
                 _Check(
                     "all-zero vector (cosine)",
@@ -667,7 +680,7 @@ class Reader:
             )
             ok = ok & ~zero
         if self.options.need_variance and out.shape[1]:
-            flat = ok & (out.max(axis=1) == out.min(axis=1))
+            flat = ok & (out == out[:, :1]).all(axis=1)
             checks.append(
                 _Check(
                     "zero variance (snr)",
@@ -926,7 +939,10 @@ class Reader:
         total = len(embeddings)
         if total == 0:
             return
+        row_bytes = embeddings[:1].nbytes
         for start in range(0, total, step):
+            # The consumer has batched the earlier chunks by now: let their pages go.
+            _forget_pages(embeddings, start * row_bytes)
             n = self._take(min(step, total - start))
             if n == 0:
                 return
@@ -935,7 +951,6 @@ class Reader:
             checks: list[_Check] = []
             chunk = np.asarray(embeddings[start : start + n])
             values = self._as_float32(chunk, np.ones(n, bool), "embeddings", checks)
-            _forget_pages(embeddings, (start + n) * embeddings[:1].nbytes)
             raw = np.asarray(labels[start : start + n])
             if kind == "string":
                 texts = raw.astype(str)

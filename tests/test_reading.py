@@ -1124,3 +1124,36 @@ def test_shuffle_through_the_cli_reads_every_row(cli, tmp_path):
     doc = report(cli, path, "--shuffle", "--seed", "5", batch=8)
     assert doc["input"]["rows"] == 8
     assert doc["results"][0]["gap"]["mean"] == pytest.approx(C9_ONE_BATCH_GAP, abs=1e-6)
+
+
+def test_row_checks_look_at_values_where_the_sum_of_squares_cannot_tell(tmp_path):
+    # The checks clear most rows by their sum of squares; these rows are the ones
+    # that sum cannot clear, so their values decide.
+    rows = np.ones((7, 128), np.float32)
+    rows[0] = 9e14  # every value allowed, though the sum of squares overflows 1e30
+    rows[1, 5] = 2e15  # one value too large
+    rows[2, 7] = np.nan
+    rows[3, 9] = -np.inf
+    rows[4] = 1e-30  # squares underflow to 0, yet the row is not all zeros
+    rows[5] = 0.0
+    rows[6, 0] = 3e38  # finite in float32, squares overflow
+    emb, _ = write_npy_pair(tmp_path, rows, [0, 0, 1, 1, 2, 2, 3])
+    options = ReadOptions(on_invalid="skip", need_direction=True)
+    reader = Reader(sources.discover([str(emb)]), options)
+    kept = np.concatenate([b.rows for b in reader.blocks()])
+    np.testing.assert_array_equal(kept, [0, 4])
+    assert reader.dropped == {
+        "value too large": 2,
+        "NaN or infinite value": 2,
+        "all-zero vector (cosine)": 1,
+    }
+
+
+def test_flat_rows_are_found_for_snr(tmp_path):
+    rows = np.array([[1, 2, 3], [4, 4, 4], [0, 0, 1e-30], [-2, -2, -2]], np.float32)
+    emb, _ = write_npy_pair(tmp_path, rows, [0, 0, 1, 1])
+    options = ReadOptions(on_invalid="skip", need_variance=True)
+    reader = Reader(sources.discover([str(emb)]), options)
+    kept = np.concatenate([b.rows for b in reader.blocks()])
+    np.testing.assert_array_equal(kept, [0, 2])
+    assert reader.dropped == {"zero variance (snr)": 2}
