@@ -142,7 +142,7 @@ def matmul_only(
     tf = tensorflow()
     from distgap_cli.engine import stack_size
 
-    k = stack_size(batch) if stacked else 1
+    k = stack_size(batch, dim) if stacked else 1
     x = tf.constant(np.random.default_rng(1).normal(size=(k, batch, dim)), tf.float32)
     gram = tf.function(lambda x: tf.linalg.matmul(x, x, transpose_b=True))
     calls = -(-rows // (k * batch))

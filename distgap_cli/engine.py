@@ -7,11 +7,11 @@ function is traced once per run and the per-call overhead is shared.
 
 from __future__ import annotations
 
-import contextlib
+import collections
+import functools
 import itertools
-import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,13 @@ from distgap_cli.reading import Reader
 
 # Rows per compiled call; small batches are stacked up to about this many...
 _ROWS_PER_CALL = 16384
-# ...and no more than this many pairwise values per call (64 MB per B x B tensor).
+# ...no more than this many pairwise values (64 MB per B x B tensor)...
 _PAIRS_PER_CALL = 1 << 24
+# ...and no more than this many bytes of embeddings (d 768: about 10,900 rows).
+_BYTES_PER_CALL = 1 << 25
+# Bytes of stacked embeddings the reader may hold ready ahead of the computation.
+# It fills them while TensorFlow is being imported, which takes seconds.
+_READ_AHEAD_BYTES = 1 << 28
 
 
 @dataclass
@@ -90,11 +95,12 @@ class BatchHealth:
         }
 
 
-def stack_size(batch_size: int) -> int:
+def stack_size(batch_size: int, dim: int) -> int:
     """How many batches one compiled call takes: larger stacks share the per-call
     overhead (cosine, batch 256, d 128: 505k rows/s at 16 batches a call, 776k at
-    64), bounded so the B x B tensors stay small."""
-    by_rows = _ROWS_PER_CALL // batch_size
+    64), bounded so the B x B tensors and the stacked rows stay small."""
+    rows = min(_ROWS_PER_CALL, _BYTES_PER_CALL // (4 * max(dim, 1)))
+    by_rows = rows // batch_size
     by_pairs = _PAIRS_PER_CALL // (batch_size * batch_size)
     return max(1, min(by_rows, by_pairs))
 
@@ -157,16 +163,19 @@ class Stack:
     files: np.ndarray
 
 
-def _stacks(
-    batches: Iterator[batching.Batch], batch_size: int, k: int
-) -> Iterator[Stack]:
-    """Group batches into stacks of ``k``; each stack owns fresh arrays."""
+def _stacks(batches: Iterator[batching.Batch], batch_size: int) -> Iterator[Stack]:
+    """Group batches into stacks of :func:`stack_size`; each stack owns fresh
+    arrays."""
     stack: list[batching.Batch] = []
+    k = 1
     for batch in batches:
-        if stack and batch.embeddings.shape[1] != stack[0].embeddings.shape[1]:
+        dim = batch.embeddings.shape[1]
+        if stack and dim != stack[0].embeddings.shape[1]:
             # Files evaluated apart may differ in dimension: never mix them.
             yield _pack(stack, batch_size, k)
             stack = []
+        if not stack:
+            k = stack_size(batch_size, dim)
         stack.append(batch)
         if len(stack) == k:
             yield _pack(stack, batch_size, k)
@@ -204,42 +213,64 @@ def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
 _DONE = object()
 
 
-def prefetch(items: Iterator[Any], depth: int = 4) -> Iterator[Any]:
-    """Run ``items`` on a background thread, ``depth`` items ahead.
+def prefetch(
+    items: Iterator[Any], weigh: Callable[[Any], int], budget: int
+) -> Generator[Any, None, None]:
+    """Run ``items`` on a background thread, holding up to ``budget`` (as
+    ``weigh`` counts it) ready ahead of the consumer; one item always fits.
 
     Reading and batching then overlap the compiled calls, which release the GIL.
     An exception raised while producing is re-raised here, in order.
     """
-    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    ready: collections.deque[tuple[Any, int, BaseException | None]] = (
+        collections.deque()
+    )
+    held = 0
+    changed = threading.Condition()
     stop = threading.Event()
+
+    def hand_over(item: Any, weight: int, error: BaseException | None) -> None:
+        nonlocal held
+        with changed:
+            ready.append((item, weight, error))
+            held += weight
+            changed.notify_all()
+
+    def room_for(weight: int) -> bool:
+        return stop.is_set() or not held or held + weight <= budget
 
     def produce() -> None:
         try:
             for item in items:
+                weight = weigh(item)
+                with changed:
+                    changed.wait_for(functools.partial(room_for, weight))
                 if stop.is_set():
                     return
-                slots.put((item, None))
+                hand_over(item, weight, None)
         except BaseException as exc:  # handed to the consumer, not swallowed
-            slots.put((None, exc))
+            hand_over(None, 0, exc)
             return
-        slots.put((_DONE, None))
+        hand_over(_DONE, 0, None)
 
     worker = threading.Thread(target=produce, name="distgap-reader", daemon=True)
     worker.start()
     try:
         while True:
-            item, error = slots.get()
+            with changed:
+                changed.wait_for(lambda: bool(ready))
+                item, weight, error = ready.popleft()
+                held -= weight
+                changed.notify_all()
             if error is not None:
                 raise error
             if item is _DONE:
                 return
             yield item
     finally:
-        stop.set()
-        # Unblock a producer waiting on a full queue, then let it finish.
-        while worker.is_alive():
-            with contextlib.suppress(queue.Empty):
-                slots.get(timeout=0.05)
+        with changed:
+            stop.set()
+            changed.notify_all()
         worker.join()
 
 
@@ -313,17 +344,22 @@ def evaluate(
     per_file: dict[int, dict[Distance, GapAccumulator]] = {}
     anchor_parts: dict[Distance, list[PerAnchor]] = {d: [] for d in settings.distances}
     accumulators = {d: GapAccumulator() for d in settings.distances}
-    k = stack_size(settings.batch_size)
+    stacks = prefetch(
+        _stacks(batches, settings.batch_size),
+        weigh=lambda stack: stack.x.nbytes,
+        budget=_READ_AHEAD_BYTES,
+    )
     try:
-        first = next(batches, None)
+        # The first stack is read before TensorFlow is imported, so that bad input
+        # fails fast; the reader goes on filling stacks during the import.
+        first = next(stacks, None)
         if first is None:
             raise NoResultError("the input holds no valid rows")
         evaluator = BatchEvaluator(
             settings.distances, settings.device, settings.per_anchor
         )
-        chained = itertools.chain([first], batches)
         done = 0
-        for stack in prefetch(_stacks(chained, settings.batch_size, k)):
+        for stack in itertools.chain([first], stacks):
             stats = evaluator(stack.labels, stack.x, stack.mask)
             real = {
                 d: {name: v[: stack.real] for name, v in values.items()}
@@ -342,6 +378,7 @@ def evaluate(
                 on_batches(done, stack, real)
             done += stack.real
     finally:
+        stacks.close()
         if spill is not None:
             spill.close()
 
