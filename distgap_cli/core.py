@@ -174,7 +174,8 @@ def _ranking(distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
     if distance is Distance.COSINE:
         ua = tf.math.l2_normalize(a, axis=-1)
         uc = tf.math.l2_normalize(c, axis=-1)
-        return -tf.linalg.matmul(ua, uc, transpose_b=True)
+        # Negating the rows rather than the product saves a pass over [K, A, C].
+        return tf.linalg.matmul(-ua, uc, transpose_b=True)
     if distance is Distance.SNR:
         a = a - tf.reduce_mean(a, axis=-1, keepdims=True)
         c = c - tf.reduce_mean(c, axis=-1, keepdims=True)
@@ -293,20 +294,21 @@ def anchor_stats(
 
 
 class CrossStats(NamedTuple):
-    """Each anchor's extreme positive and negative candidates, ``[A]`` each.
+    """Each anchor's hardest and nearest candidates of its class and of the
+    others, ``[A]`` each.
 
-    Values are measured from direct differences; ``-inf``/``inf`` (and index -1)
-    where the anchor has no such candidate among those given.
+    Hardest means TF Similarity's literal definition for every distance: the
+    largest value among positives, the smallest among negatives. Nearest means
+    the smallest value, or the largest for a similarity (inner_product). Values
+    are measured from direct differences; ``-inf``/``inf`` (and index -1) where
+    the anchor has no such candidate among those given.
     """
 
     max_pos: Any
-    max_pos_index: Any
-    min_pos: Any
-    min_pos_index: Any
     min_neg: Any
-    min_neg_index: Any
-    max_neg: Any
-    max_neg_index: Any
+    nearest_pos: Any
+    nearest_neg: Any
+    nearest_neg_index: Any
 
 
 def cross_extremes(
@@ -319,12 +321,14 @@ def cross_extremes(
     c_ids: Any,
     c_mask: Any,
 ) -> CrossStats:
-    """Farthest and nearest positive and negative of anchors among candidates.
+    """Hardest and nearest positive and negative of anchors among candidates.
 
     The whole-dataset (exact) mode calls this on tiles of anchors ``a`` ``[A, d]``
     against tiles of candidates ``c`` ``[C, d]``; a candidate with the anchor's
     own id is the anchor itself and is left out, as are candidates outside
-    ``c_mask``. Indices point into ``c``.
+    ``c_mask``. Indices point into ``c``. Three passes pick the pairs: for a
+    distance the nearest negative is the hardest one, for a similarity the
+    nearest positive is the hardest one.
     """
     if a.dtype in (tf.float16, tf.bfloat16):
         a, c = tf.cast(a, tf.float32), tf.cast(c, tf.float32)
@@ -334,12 +338,15 @@ def cross_extremes(
     same = tf.equal(a_labels[:, None], c_labels[None, :])
     pos = (same & usable)[None]
     neg = (~same & usable)[None]
+    if distance.is_similarity:
+        third = tf.argmax(tf.where(neg, ranking, -inf), -1, output_type=tf.int32)
+    else:
+        third = tf.argmin(tf.where(pos, ranking, inf), -1, output_type=tf.int32)
     picks = tf.stack(
         [
             tf.argmax(tf.where(pos, ranking, -inf), -1, output_type=tf.int32),
-            tf.argmin(tf.where(pos, ranking, inf), -1, output_type=tf.int32),
             tf.argmin(tf.where(neg, ranking, inf), -1, output_type=tf.int32),
-            tf.argmax(tf.where(neg, ranking, -inf), -1, output_type=tf.int32),
+            third,
         ],
         axis=-1,
     )
@@ -347,18 +354,22 @@ def cross_extremes(
     picks = picks[0]
     has_pos = tf.reduce_any(pos[0], axis=-1)
     has_neg = tf.reduce_any(neg[0], axis=-1)
-
-    def pick(i: int, present: Any, empty: Any) -> tuple[Any, Any]:
-        return (
-            tf.where(present, values[:, i], empty),
-            tf.where(present, picks[:, i], -1),
-        )
-
+    max_pos = tf.where(has_pos, values[:, 0], -inf)
+    min_neg = tf.where(has_neg, values[:, 1], inf)
+    if distance.is_similarity:
+        nearest_pos = max_pos
+        nearest_neg = tf.where(has_neg, values[:, 2], -inf)
+        nearest_neg_index = tf.where(has_neg, picks[:, 2], -1)
+    else:
+        nearest_pos = tf.where(has_pos, values[:, 2], inf)
+        nearest_neg = min_neg
+        nearest_neg_index = tf.where(has_neg, picks[:, 1], -1)
     return CrossStats(
-        *pick(0, has_pos, -inf),
-        *pick(1, has_pos, inf),
-        *pick(2, has_neg, inf),
-        *pick(3, has_neg, -inf),
+        max_pos=max_pos,
+        min_neg=min_neg,
+        nearest_pos=nearest_pos,
+        nearest_neg=nearest_neg,
+        nearest_neg_index=nearest_neg_index,
     )
 
 

@@ -70,12 +70,11 @@ class AnchorTable:
     """Per-anchor results of one distance, ``[n_anchors]`` arrays."""
 
     index: np.ndarray  # positions of the anchors in Rows
-    max_pos: np.ndarray
-    min_pos: np.ndarray
-    min_neg: np.ndarray
-    max_neg: np.ndarray
-    min_neg_row: np.ndarray  # positions in Rows, -1 where none
-    max_neg_row: np.ndarray
+    max_pos: np.ndarray  # the hardest positive
+    min_neg: np.ndarray  # the hardest negative
+    nearest_pos: np.ndarray  # smallest, or largest for a similarity
+    nearest_neg: np.ndarray
+    nearest_neg_row: np.ndarray  # positions in Rows, -1 where none
 
 
 class ExactEvaluator:
@@ -138,11 +137,10 @@ def anchor_tables(
         d: AnchorTable(
             index=anchors,
             max_pos=np.full(n, -np.inf),
-            min_pos=np.full(n, np.inf),
             min_neg=np.full(n, np.inf),
-            max_neg=np.full(n, -np.inf),
-            min_neg_row=np.full(n, -1, np.int64),
-            max_neg_row=np.full(n, -1, np.int64),
+            nearest_pos=np.full(n, -np.inf if d.is_similarity else np.inf),
+            nearest_neg=np.full(n, -np.inf if d.is_similarity else np.inf),
+            nearest_neg_row=np.full(n, -1, np.int64),
         )
         for d in evaluator.distances
     }
@@ -163,13 +161,14 @@ def anchor_tables(
             out = evaluator(a_x, a_labels, a_ids, c_x, c_labels, c_ids, c_mask)
             k = len(a_pos)
             for distance, got in out.items():
-                _merge(tables[distance], span, got, c_pos, k)
+                _merge(distance, tables[distance], span, got, c_pos, k)
             if on_pairs is not None:
                 on_pairs(k * len(c_pos))
     return tables
 
 
 def _merge(
+    distance: Distance,
     table: AnchorTable,
     span: slice,
     got: dict[str, np.ndarray],
@@ -177,22 +176,18 @@ def _merge(
     k: int,
 ) -> None:
     """Fold one candidate tile's extremes into the running ones."""
-
-    def position(index: np.ndarray) -> np.ndarray:
-        return np.where(index >= 0, c_pos[np.maximum(index, 0)], -1)
-
     table.max_pos[span] = np.maximum(table.max_pos[span], got["max_pos"][:k])
-    table.min_pos[span] = np.minimum(table.min_pos[span], got["min_pos"][:k])
-    closer = got["min_neg"][:k] < table.min_neg[span]
-    table.min_neg[span] = np.where(closer, got["min_neg"][:k], table.min_neg[span])
-    table.min_neg_row[span] = np.where(
-        closer, position(got["min_neg_index"][:k]), table.min_neg_row[span]
+    table.min_neg[span] = np.minimum(table.min_neg[span], got["min_neg"][:k])
+    nearer = np.greater if distance.is_similarity else np.less
+    pos, neg = got["nearest_pos"][:k], got["nearest_neg"][:k]
+    table.nearest_pos[span] = np.where(
+        nearer(pos, table.nearest_pos[span]), pos, table.nearest_pos[span]
     )
-    farther = got["max_neg"][:k] > table.max_neg[span]
-    table.max_neg[span] = np.where(farther, got["max_neg"][:k], table.max_neg[span])
-    table.max_neg_row[span] = np.where(
-        farther, position(got["max_neg_index"][:k]), table.max_neg_row[span]
-    )
+    closer = nearer(neg, table.nearest_neg[span])
+    index = got["nearest_neg_index"][:k]
+    row = np.where(index >= 0, c_pos[np.maximum(index, 0)], -1)
+    table.nearest_neg[span] = np.where(closer, neg, table.nearest_neg[span])
+    table.nearest_neg_row[span] = np.where(closer, row, table.nearest_neg_row[span])
 
 
 @dataclass
@@ -216,21 +211,15 @@ def view(distance: Distance, table: AnchorTable) -> AnchorView:
     """
     has_pos = np.isfinite(table.max_pos)
     has_neg = np.isfinite(table.min_neg)
-    if distance.is_similarity:
-        nearest_pos, nearest_neg = table.max_pos, table.max_neg
-        nearest_row = table.max_neg_row
-        closer = nearest_pos > nearest_neg
-    else:
-        nearest_pos, nearest_neg = table.min_pos, table.min_neg
-        nearest_row = table.min_neg_row
-        closer = nearest_pos < nearest_neg
+    nearer = np.greater if distance.is_similarity else np.less
+    closer = nearer(table.nearest_pos, table.nearest_neg)
     hit = has_pos & (~has_neg | closer)
     return AnchorView(
         hardest_pos=np.where(has_pos, table.max_pos, np.nan),
         hardest_neg=np.where(has_neg, table.min_neg, np.nan),
         has_pos=has_pos,
         has_neg=has_neg,
-        nearest_neg_row=nearest_row,
+        nearest_neg_row=table.nearest_neg_row,
         hit=hit,
     )
 
