@@ -17,12 +17,16 @@ from distgap_cli.errors import DeviceError, UsageError
 _tf: Any = None
 _keras: Any = None
 
+# Read by TensorFlow's C++ logging as it loads. Set when this module is imported,
+# before distgap starts its reader thread: changing the environment while another
+# thread may read it is not safe.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 
 def tensorflow() -> Any:
     """Return the ``tensorflow`` module, importing it quietly the first time."""
     global _tf
     if _tf is None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         # absl writes its start-up lines straight to file descriptor 2 before
         # TF_CPP_MIN_LOG_LEVEL is read, so hold stderr shut while TensorFlow loads
         # and probes for devices; Python errors are still raised as usual.

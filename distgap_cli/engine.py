@@ -19,6 +19,7 @@ import numpy as np
 
 from distgap_cli import batching
 from distgap_cli.accumulate import GapAccumulator
+from distgap_cli.backend import resolve_device
 from distgap_cli.breakdown import PerAnchor
 from distgap_cli.distances import Distance
 from distgap_cli.errors import NoResultError
@@ -30,9 +31,12 @@ _ROWS_PER_CALL = 16384
 _PAIRS_PER_CALL = 1 << 24
 # ...and no more than this many bytes of embeddings (d 768: about 10,900 rows).
 _BYTES_PER_CALL = 1 << 25
-# Bytes of stacked embeddings the reader may hold ready ahead of the computation.
-# It fills them while TensorFlow is being imported, which takes seconds.
+# Bytes of stacks the reader may hold ready ahead of the computation. It fills
+# them while TensorFlow is being imported, which takes seconds.
 _READ_AHEAD_BYTES = 1 << 28
+# Seconds a closed read-ahead waits for its reader to stop. A reader blocked on a
+# slow pipe is left behind (a daemon thread) rather than holding up an error.
+_STOP_WAIT = 1.0
 
 
 @dataclass
@@ -112,7 +116,6 @@ class BatchEvaluator:
         self, distances: list[Distance], device: str, per_anchor: bool = False
     ) -> None:
         from distgap_cli import core
-        from distgap_cli.backend import resolve_device
 
         self.distances = distances
         self.device = resolve_device(device)
@@ -161,6 +164,12 @@ class Stack:
     first_rows: np.ndarray
     rows: np.ndarray
     files: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the stack's arrays hold."""
+        arrays = (self.labels, self.x, self.mask, self.rows, self.files, self.sizes)
+        return sum(a.nbytes for a in arrays) + self.first_rows.nbytes
 
 
 def _stacks(batches: Iterator[batching.Batch], batch_size: int) -> Iterator[Stack]:
@@ -271,7 +280,8 @@ def prefetch(
         with changed:
             stop.set()
             changed.notify_all()
-        worker.join()
+        # The reader stops before its next item; it may be in the middle of one.
+        worker.join(_STOP_WAIT)
 
 
 def evaluate(
@@ -346,7 +356,7 @@ def evaluate(
     accumulators = {d: GapAccumulator() for d in settings.distances}
     stacks = prefetch(
         _stacks(batches, settings.batch_size),
-        weigh=lambda stack: stack.x.nbytes,
+        weigh=lambda stack: stack.nbytes,
         budget=_READ_AHEAD_BYTES,
     )
     try:
@@ -358,8 +368,10 @@ def evaluate(
         evaluator = BatchEvaluator(
             settings.distances, settings.device, settings.per_anchor
         )
+        chained = itertools.chain([first], stacks)
+        del first  # held by the chain until used, not for the whole run
         done = 0
-        for stack in itertools.chain([first], stacks):
+        for stack in chained:
             stats = evaluator(stack.labels, stack.x, stack.mask)
             real = {
                 d: {name: v[: stack.real] for name, v in values.items()}
@@ -378,9 +390,11 @@ def evaluate(
                 on_batches(done, stack, real)
             done += stack.real
     finally:
-        stacks.close()
-        if spill is not None:
-            spill.close()
+        try:
+            stacks.close()
+        finally:
+            if spill is not None:
+                spill.close()
 
     result = EvalResult(
         settings=settings,

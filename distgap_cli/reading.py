@@ -620,7 +620,8 @@ class Reader:
         One pass (each row's sum of squares) clears almost every row: a sum that
         is finite and at most ``MAX_MAGNITUDE**2`` means every value is finite and
         small enough, and a non-zero sum means the row is not all zeros. Only the
-        rows it cannot clear are looked at value by value.
+        rows it cannot clear are looked at value by value (and, for snr, every
+        row is compared with its first value).
         """
         with np.errstate(over="ignore", invalid="ignore"):
             out = np.asarray(values, dtype=np.float32)  # beyond float32 becomes inf
@@ -941,7 +942,8 @@ class Reader:
             return
         row_bytes = embeddings[:1].nbytes
         for start in range(0, total, step):
-            # The consumer has batched the earlier chunks by now: let their pages go.
+            # Let the pages of earlier chunks go. Rows of them that are still
+            # waiting to be stacked come back from the page cache when read.
             _forget_pages(embeddings, start * row_bytes)
             n = self._take(min(step, total - start))
             if n == 0:

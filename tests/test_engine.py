@@ -76,3 +76,19 @@ def test_closing_early_stops_the_reader():
 )
 def test_stacks_are_bounded_by_rows_pairs_and_bytes(batch, dim, expected):
     assert stack_size(batch, dim) == expected
+
+
+def test_closing_does_not_wait_for_a_reader_stuck_on_a_slow_input():
+    more = threading.Event()
+
+    def items():
+        yield 0
+        more.wait(30)  # a pipe whose writer has gone quiet
+        yield 1
+
+    stream = prefetch(items(), weigh=lambda _: 1, budget=4)
+    assert next(stream) == 0
+    start = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - start < 10
+    more.set()
