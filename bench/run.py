@@ -7,7 +7,10 @@ Generates its own data (float32 embeddings, 1,000 classes) as Parquet
   time (start-up included) and its peak RSS;
 * the reading bound: the same files read through pyarrow / numpy, nothing computed;
 * the matmul bound: the batches' Gram matrices alone, stacked into the same
-  compiled TensorFlow calls distgap makes.
+  compiled TensorFlow calls distgap makes (beside it, for reference, one
+  TensorFlow call per batch and a plain NumPy loop over the batches);
+* start-up: ``--help``, a four-row evaluation, and ``import tensorflow`` alone,
+  which is the floor of any evaluation.
 
 Each figure is the median of ``--repeat`` runs. Results are printed and written
 to ``bench/results/latest.json``.
@@ -158,6 +161,20 @@ def matmul_only(
         return median_of(repeat, run)
 
 
+def numpy_matmul_loop(rows: int, dim: int, batch: int, repeat: int) -> float:
+    """Seconds for the same Gram matrices made one batch at a time in NumPy."""
+    x = np.random.default_rng(1).normal(size=(batch, dim)).astype(np.float32)
+    calls = -(-rows // batch)
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            x @ x.T
+        return time.perf_counter() - start
+
+    return median_of(repeat, run)
+
+
 def exact_matmul_only(rows: int, dim: int, repeat: int) -> float:
     """Seconds for the anchor-by-candidate tile products that exact mode makes."""
     from distgap_cli.backend import tensorflow
@@ -197,6 +214,21 @@ def startup(repeat: int) -> float:
     return statistics.median(end_to_end(tiny, 4, 1)["seconds"] for _ in range(repeat))
 
 
+def import_time(repeat: int) -> float:
+    """Seconds a fresh Python takes to ``import tensorflow``."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import tensorflow"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - start
+
+    return median_of(repeat, run)
+
+
 def help_time(repeat: int) -> float:
     def run() -> float:
         start = time.perf_counter()
@@ -223,6 +255,7 @@ def main() -> None:
         "repeat": args.repeat,
         "help_seconds": help_time(args.repeat),
         "startup_seconds": startup(args.repeat),
+        "import_tensorflow_seconds": import_time(args.repeat),
         "runs": [],
     }
     for rows, dim, batches in (
@@ -237,6 +270,7 @@ def main() -> None:
         for batch in batches:
             bound = matmul_only(rows, dim, batch, args.repeat)
             loop = matmul_only(rows, dim, batch, args.repeat, stacked=False)
+            numpy_loop = numpy_matmul_loop(rows, dim, batch, args.repeat)
             for kind in ("npy", "parquet"):
                 measured = end_to_end(paths[kind], batch, args.repeat)
                 # Rows per second once running: the difference between the whole
@@ -259,6 +293,7 @@ def main() -> None:
                     "read_only_rows_per_s": rows / reading[kind],
                     "matmul_only_rows_per_s": rows / bound,
                     "matmul_per_batch_call_rows_per_s": rows / loop,
+                    "matmul_numpy_loop_rows_per_s": rows / numpy_loop,
                 }
                 entry["ratio_to_matmul"] = (
                     entry["end_to_end_rows_per_s"] / entry["matmul_only_rows_per_s"]
@@ -281,7 +316,8 @@ def main() -> None:
                     f"  after start-up {entry['after_startup_rows_per_s']:>10,.0f}"
                     f" ({entry['after_startup_ratio_to_matmul']:.0%} of matmul)"
                     f"  one matmul call per batch "
-                    f"{entry['matmul_per_batch_call_rows_per_s']:>10,.0f}",
+                    f"{entry['matmul_per_batch_call_rows_per_s']:>10,.0f}"
+                    f"  numpy loop {entry['matmul_numpy_loop_rows_per_s']:>10,.0f}",
                     flush=True,
                 )
     if args.exact_rows:
@@ -313,7 +349,8 @@ def main() -> None:
         )
     print(
         f"distgap --help {report['help_seconds']:.2f} s; "
-        f"start-up on 4 rows {report['startup_seconds']:.2f} s"
+        f"start-up on 4 rows {report['startup_seconds']:.2f} s; "
+        f"import tensorflow alone {report['import_tensorflow_seconds']:.2f} s"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "latest.json"
