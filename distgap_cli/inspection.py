@@ -54,7 +54,7 @@ def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, 
     dim = reader.dim or 0
     return {
         "schema": SCHEMA,
-        "files": [s.name for s in reader.sources],
+        "files": list(reader.files_read),
         "rows_read": reader.rows_read,
         "rows_valid": rows,
         "invalid": dict(sorted(reader.dropped.items())),

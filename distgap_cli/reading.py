@@ -201,6 +201,7 @@ class Reader:
         self.label_map = LabelMap()
         self.dropped: Counter[str] = Counter()
         self.rows_read = 0
+        self.files_read: list[str] = []  # the sources opened, in order
         self.dim: int | None = None
         self.value_type: str | None = None
         self._dim_origin: tuple[str, int] | None = None
@@ -225,6 +226,7 @@ class Reader:
                 return
             if self.options.files_apart:
                 self.dim, self._dim_origin = None, None
+            self.files_read.append(source.name)
             if source.kind == src.NPY:
                 labels = None
                 if self.options.labels:

@@ -129,7 +129,7 @@ def _input_summary(
     reader: Reader, dimension: int | None, classes: int
 ) -> dict[str, Any]:
     return {
-        "files": [s.name for s in reader.sources],
+        "files": list(reader.files_read),
         "rows_read": reader.rows_read,
         "rows": reader.rows_kept,
         "dropped": dict(sorted(reader.dropped.items())),

@@ -1010,6 +1010,9 @@ def test_limit_reads_only_the_first_rows(cli, tmp_path, limit):
     doc = report(cli, tmp_path, "--limit", str(limit), batch=4)
     assert doc["input"]["rows_read"] == limit
     assert doc["input"]["rows"] == limit
+    # The report names only the files that were read.
+    read = ["a.parquet"] if limit <= 4 else ["a.parquet", "b.parquet"]
+    assert [Path(f).name for f in doc["input"]["files"]] == read
     if limit == 4:
         result = doc["results"][0]
         assert result["batches"]["total"] == 1
