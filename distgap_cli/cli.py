@@ -274,9 +274,14 @@ def eval_command(
         ),
     ] = None,
     seed: Annotated[
-        int,
-        typer.Option(metavar="N", help="Seed of the shuffle and balanced samplers."),
-    ] = 0,
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Seed of the shuffle and balanced samplers, and of --anchors. "
+            "[default: 0]",
+            show_default=False,
+        ),
+    ] = None,
     embedding_column: EmbeddingColumnOpt = None,
     label_column: LabelColumnOpt = None,
     embedding_prefix: EmbeddingPrefixOpt = None,
@@ -433,6 +438,11 @@ def eval_command(
             )
             if per_file and picked is not Sampler.SEQUENTIAL:
                 raise UsageError("--per-file in batch mode needs --sampler sequential")
+        if seed is not None and picked is Sampler.SEQUENTIAL and anchors is None:
+            raise UsageError(
+                "--seed has no effect here: it seeds --sampler shuffle or balanced, "
+                "or --anchors in exact mode"
+            )
         if top is not None and not per_class:
             raise UsageError("--top needs --per-class")
         if fmt is Format.CSV and (per_class or per_file):
@@ -480,7 +490,7 @@ def eval_command(
                     exact_settings = exact_mode.ExactSettings(
                         distances=chosen,
                         anchors=anchors,
-                        seed=seed,
+                        seed=seed or 0,
                         memory_limit=limit_bytes,
                         device=device,
                         per_file=per_file,
@@ -495,7 +505,7 @@ def eval_command(
                         distances=chosen,
                         batch_size=size,
                         sampler=picked.value,
-                        seed=seed,
+                        seed=seed or 0,
                         device=device,
                         classes_per_batch=classes_per_batch,
                         examples_per_class=examples_per_class,

@@ -212,6 +212,8 @@ def test_inner_product_is_labelled_a_similarity(cli, hardneg):
         (["-d", "hamming"], "unknown distance 'hamming'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "gpu:7"], "TensorFlow sees"),
+        (["--seed", "3"], "--seed has no effect here"),
+        (["--mode", "exact", "--seed", "3"], "--seed has no effect here"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(cli, hardneg, args, message):
