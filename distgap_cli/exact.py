@@ -263,9 +263,21 @@ def choose_anchors(n: int, count: int | None, seed: int) -> np.ndarray:
 
 
 def require_rows(rows: Rows) -> None:
-    """Exact mode needs at least two rows."""
+    """Exact mode needs a row with a positive and a negative: two classes, one of
+    them with two rows. The labels tell, before anything is computed."""
     if len(rows.labels) < 2:
         raise NoResultError("exact mode needs at least two valid rows")
+    _, counts = np.unique(rows.labels, return_counts=True)
+    if len(counts) == 1:
+        raise NoResultError(
+            "the input holds a single class, so no row has a negative and there is "
+            "no gap; evaluate embeddings of at least two classes"
+        )
+    if counts.max() < 2:
+        raise NoResultError(
+            f"each of the {len(counts)} classes has a single row, so no row has a "
+            "positive and there is no gap; evaluate at least two rows of a class"
+        )
 
 
 @dataclass

@@ -145,6 +145,21 @@ def test_precision_gate_and_exact_usage_errors(cli, blobs):
         assert out.exit_code == 2 and message in out.stderr, args
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, 1, 2, 3], "each of the 4 classes has a single row"),
+        ([7, 7, 7, 7], "the input holds a single class"),
+    ],
+)
+def test_exact_mode_without_any_gap_says_why(cli, tmp_path, labels, message):
+    path = write_parquet(tmp_path / "x.parquet", HARDNEG_X, labels)
+    out = cli("eval", path, "--mode", "exact", "-d", "l2")
+    assert out.exit_code == 2 and out.stdout == ""
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 # Shared case C13, second half: two files, one row each with --per-file.
 @pytest.mark.parametrize("mode", ["batch", "exact"])
 def test_c13_per_file(cli, tmp_path, mode):
