@@ -364,7 +364,7 @@ def evaluate(
         # fails fast; the reader goes on filling stacks during the import.
         first = next(stacks, None)
         if first is None:
-            raise NoResultError("the input holds no valid rows")
+            raise NoResultError(_nothing_valid(reader))
         evaluator = BatchEvaluator(
             settings.distances, settings.device, settings.per_anchor
         )
@@ -413,6 +413,17 @@ def evaluate(
     )
     _check_batches(result)
     return result
+
+
+def _nothing_valid(reader: Reader) -> str:
+    """Why an input gave no rows to evaluate."""
+    if not reader.dropped:
+        return "the input holds no rows"
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(reader.dropped.items()))
+    return (
+        f"the input holds no valid rows: --on-invalid skip dropped all "
+        f"{reader.rows_read} ({reasons}); fix those rows or export them again"
+    )
 
 
 def _add_per_file(

@@ -1160,3 +1160,12 @@ def test_flat_rows_are_found_for_snr(tmp_path):
     kept = np.concatenate([b.rows for b in reader.blocks()])
     np.testing.assert_array_equal(kept, [0, 2])
     assert reader.dropped == {"zero variance (snr)": 2}
+
+
+def test_skipping_every_row_says_what_was_dropped(cli, tmp_path):
+    rows = np.full((4, 3), np.nan, np.float32)
+    emb, _ = write_npy_pair(tmp_path, rows, [0, 0, 1, 1])
+    out = cli("eval", emb, "--on-invalid", "skip")
+    assert out.exit_code == 2 and out.stdout == ""
+    assert "dropped all 4 (4 NaN or infinite value)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
