@@ -21,13 +21,15 @@ from rich.markup import escape
 
 from distgap_cli import __version__, render
 from distgap_cli.backend import parse_device
-from distgap_cli.distances import parse_selection
-from distgap_cli.errors import DistgapError, UsageError
+from distgap_cli.distances import Distance, parse_selection
+from distgap_cli.errors import DistgapError, NoResultError, UsageError
 
 app = typer.Typer(
     name="distgap",
     help="How well do saved embeddings separate their classes? Measures the "
     "distance gap between hardest positives and hardest negatives.",
+    epilog="Exit codes: 0 done; 1 a gate failed; 2 bad input, bad usage or no "
+    "result; 130 interrupted; 141 output pipe closed.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -47,6 +49,13 @@ class Format(enum.StrEnum):
     CSV = "csv"
     MARKDOWN = "markdown"
     JSONL = "jsonl"
+
+
+class InspectFormat(enum.StrEnum):
+    """Output formats of ``distgap inspect``."""
+
+    TABLE = "table"
+    JSON = "json"
 
 
 class Sampler(enum.StrEnum):
@@ -402,7 +411,7 @@ def eval_command(
     ] = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Evaluate the distance gap of saved embeddings, batch by batch.
+    """Evaluate the distance gap of saved embeddings, batch by batch or exactly.
 
     Example: distgap eval embeddings.parquet --distance cosine --min-margin 0
     """
@@ -459,6 +468,7 @@ def eval_command(
         if drop is not None and baseline is None:
             raise UsageError("--max-drop needs --baseline FILE to compare with")
         previous = report.load_report(str(baseline)) if baseline else None
+        ungated = _baseline_coverage(previous, baseline, chosen)
         gates = {
             "min_gap": min_gap,
             "min_margin": min_margin,
@@ -532,11 +542,22 @@ def eval_command(
                 )
             if previous is not None:
                 result.warnings.extend(report.comparable(doc, previous))
+                if ungated:
+                    result.warnings.append(
+                        f"{', '.join(ungated)} not in the baseline {baseline}, so "
+                        "it is not compared (nor gated by --max-drop)"
+                    )
                 doc["baseline"] = {
                     "file": str(baseline),
                     "max_drop": max_drop,
                     **report.compare(doc, previous, drop),
                 }
+                if drop is not None and not doc["baseline"]["comparisons"]:
+                    raise NoResultError(
+                        f"nothing to compare with the baseline {baseline}: it has "
+                        "no value for the statistics this run reports, so "
+                        "--max-drop would pass without checking anything"
+                    )
 
             if not quiet:
                 for warning in result.warnings:
@@ -554,6 +575,27 @@ def eval_command(
         if "baseline" in doc:
             failures += report.failed_comparisons(doc["baseline"])
         _fail_on(failures)
+
+
+def _baseline_coverage(
+    previous: dict[str, Any] | None, path: Path | None, chosen: list[Distance]
+) -> list[str]:
+    """The chosen distances a baseline has no results for.
+
+    Raises:
+        UsageError: when it has none of them, so a comparison could not happen.
+    """
+    if previous is None:
+        return []
+    theirs = sorted({str(e.get("distance")) for e in previous.get("results", [])})
+    ours = [d.value for d in chosen]
+    missing = [d for d in ours if d not in theirs]
+    if len(missing) == len(ours):
+        raise UsageError(
+            f"--baseline {path} holds {', '.join(theirs) or 'no results'}, none of "
+            f"the distances asked for ({', '.join(ours)}); pick them with --distance"
+        )
+    return missing
 
 
 def _refuse_overwriting(found: list[Any], *targets: Path | None) -> None:
@@ -657,8 +699,8 @@ def inspect_command(
     batch_size: BatchSizeOpt = 256,
     limit: LimitOpt = None,
     output_format: Annotated[
-        Format, typer.Option("--format", "-f", help="table or json.")
-    ] = Format.TABLE,
+        InspectFormat, typer.Option("--format", "-f", help="table or json.")
+    ] = InspectFormat.TABLE,
     output: OutputOpt = None,
 ) -> None:
     """Describe an input without evaluating it: rows, classes, invalid rows, norms.
@@ -666,8 +708,6 @@ def inspect_command(
     Example: distgap inspect shards/ --format json
     """
     with _reporting_errors():
-        if output_format not in (Format.TABLE, Format.JSON):
-            raise UsageError("inspect writes --format table or json")
         chosen = parse_selection(distance or [])
         from distgap_cli import inspection, report, sources
         from distgap_cli.reading import Reader, ReadOptions
@@ -690,7 +730,7 @@ def inspect_command(
         finally:
             sources.release(found)
         with _opened(output) as out:
-            if output_format is Format.JSON:
+            if output_format is InspectFormat.JSON:
                 out.write(report.to_json(doc))
             else:
                 render.inspection_table(doc, _console(out))

@@ -316,8 +316,11 @@ def _md_table(rows: list[dict[str, str]]) -> list[str]:
 
 
 def _csv_value(value: Any) -> str:
+    """A cell as JSON spells it (full precision, true/false), empty for null."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -403,13 +406,19 @@ def comparison_text(doc: dict[str, Any], fmt: str) -> str:
         )
     gated = any(c["passed"] is not None for c in doc["comparisons"])
     columns = [*_COMPARE_COLUMNS, "gate"] if gated else list(_COMPARE_COLUMNS)
-    rows = [_comparison_cells(c) for c in doc["comparisons"]]
     if fmt == "csv":
+        # Values as JSON has them, not rounded for reading.
+        keys = ["baseline", "current", "change", "better"]
+        keys += ["passed"] if gated else []
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows(rows)
+        for c in doc["comparisons"]:
+            writer.writerow(
+                [c["distance"], c["statistic"], *(_csv_value(c[k]) for k in keys)]
+            )
         return buffer.getvalue()
+    rows = [_comparison_cells(c) for c in doc["comparisons"]]
     out = [
         "| " + " | ".join(columns) + " |",
         "| "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +82,50 @@ def test_baseline_gate_passes_and_fails(cli, saved):
     failed = {c["statistic"] for c in doc["baseline"]["comparisons"] if not c["passed"]}
     assert failed == {"margin", "violation_rate"}
     assert "gate failed: --max-drop on cosine: margin is -0.427935" in worse.stderr
+
+
+def test_baseline_without_the_distances_asked_for_is_refused(cli, saved):
+    # The saved baseline holds cosine only: a manhattan run has nothing to compare.
+    out = cli("eval", TRAINED, "-d", "l1", "--baseline", saved["trained"])
+    assert out.exit_code == 2 and out.stdout == ""
+    assert "none of the distances asked for (manhattan)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_distances_missing_from_the_baseline_are_named(cli, saved):
+    out = cli(
+        "eval",
+        TRAINED,
+        *("-d", "cosine", "-d", "l1", "-f", "json"),
+        *("--baseline", saved["trained"], "--max-drop", "0"),
+    )
+    assert out.exit_code == 0, out.stderr
+    assert "manhattan not in the baseline" in out.stderr
+    comparisons = json.loads(out.stdout)["baseline"]["comparisons"]
+    assert {c["distance"] for c in comparisons} == {"cosine"}
+
+
+def test_a_drop_gate_with_nothing_to_compare_fails(cli, saved, tmp_path):
+    empty = json.loads(Path(saved["trained"]).read_text())
+    for entry in empty["results"]:
+        for key in ("gap", "margin"):
+            entry[key] = {k: None for k in entry[key]}
+        entry["violation_rate"] = None
+    hollow = tmp_path / "hollow.json"
+    hollow.write_text(json.dumps(empty))
+    out = cli("eval", TRAINED, "--baseline", hollow, "--max-drop", "0")
+    assert out.exit_code == 2
+    assert "nothing to compare with the baseline" in out.stderr
+
+
+def test_compare_csv_keeps_full_precision(cli, saved):
+    out = cli("compare", saved["pixels"], saved["trained"], "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    as_json = cli("compare", saved["pixels"], saved["trained"], "-f", "json")
+    doc = json.loads(as_json.stdout)
+    for row, c in zip(rows, doc["comparisons"], strict=True):
+        assert float(row["current"]) == c["current"]
+        assert row["better"] in ("true", "false", "")
 
 
 def test_relative_and_absolute_drops():
