@@ -30,10 +30,15 @@ SIMILARITY_NOTE = (
 
 
 def _number(value: Any, digits: int = 6) -> str:
+    """Fixed decimals; scientific notation where they would hide the value
+    (below 1e-4, where 0.000000 would show for a real, tiny distance) or
+    stretch the column (1e9 and up)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, int):
         return str(value)
+    if value != 0 and math.isfinite(value) and not 1e-4 <= abs(value) < 1e9:
+        return f"{value:.{digits - 2}e}"
     return f"{value:.{digits}f}"
 
 

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from distgap_cli import render
+
 from .conftest import HARDNEG_X, HARDNEG_Y, ROOT, SAMPLE_DATA, write_parquet
 
 TRAINED = SAMPLE_DATA / "digits_trained.parquet"
@@ -407,3 +409,20 @@ def test_python_dash_m():
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.startswith("distgap ")
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.5, "0.500000"),
+        (0.0, "0.000000"),
+        (-0.0032204, "-0.003220"),
+        (3.2204e-08, "3.2204e-08"),  # fixed decimals would print 0.000000
+        (2.5e9, "2.5000e+09"),
+        (7, "7"),
+        (None, "n/a"),
+        (float("nan"), "n/a"),
+    ],
+)
+def test_table_numbers_never_hide_a_tiny_value(value, shown):
+    assert render._number(value) == shown
