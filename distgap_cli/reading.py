@@ -765,13 +765,20 @@ class Reader:
                 )
             )
             return np.where(whole, raw, 0).astype(np.int64)
-        if raw.dtype == np.uint64 and raw.size and raw.max() > np.iinfo(np.int64).max:
-            raise InputError(
-                "labels exceed the int64 range",
-                file=file,
-                column=name,
-                fix="renumber the classes",
+        if raw.dtype == np.uint64:
+            beyond = raw > np.iinfo(np.int64).max
+            checks.append(
+                _Check(
+                    "label beyond the int64 range",
+                    beyond & ~null,
+                    lambda i: (
+                        f"label {int(raw[i])} exceeds the int64 range",
+                        name,
+                        "renumber the classes",
+                    ),
+                )
             )
+            return np.where(beyond, 0, raw).astype(np.int64)
         return raw.astype(np.int64)
 
     def _partition_labels(self, value: str, n: int, source: src.Source) -> np.ndarray:

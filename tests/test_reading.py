@@ -411,7 +411,8 @@ def test_uint64_labels_beyond_int64_are_rejected(cli, tmp_path):
     path = save(tmp_path / "x.parquet", data)
     line = rejected(cli, path)
     assert str(path) in line
-    assert "column 'label'" in line
+    assert "row 2" in line and "column 'label'" in line
+    assert "label 9223372036854775815 exceeds the int64 range" in line
 
 
 def test_npy_string_labels_get_ids_in_order_of_appearance(cli, tmp_path):
