@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 import threading
-from collections.abc import Callable, Generator, Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,11 @@ _BYTES_PER_CALL = 1 << 25
 # Bytes of stacks the reader may hold ready ahead of the computation. It fills
 # them while TensorFlow is being imported, which takes seconds.
 _READ_AHEAD_BYTES = 1 << 28
+# Seconds to wait for the first batch before importing TensorFlow regardless.
+_FIRST_BATCH_WAIT = 1.0
+# Seconds to wait for the next batch before evaluating a shorter stack: a slow
+# stream is evaluated as it comes instead of once a whole stack has come.
+_PATIENCE = 0.25
 # Seconds a closed read-ahead waits for its reader to stop. A reader blocked on a
 # slow pipe is left behind (a daemon thread) rather than holding up an error.
 _STOP_WAIT = 1.0
@@ -165,33 +170,6 @@ class Stack:
     rows: np.ndarray
     files: np.ndarray
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of memory the stack's arrays hold."""
-        arrays = (self.labels, self.x, self.mask, self.rows, self.files, self.sizes)
-        return sum(a.nbytes for a in arrays) + self.first_rows.nbytes
-
-
-def _stacks(batches: Iterator[batching.Batch], batch_size: int) -> Iterator[Stack]:
-    """Group batches into stacks of :func:`stack_size`; each stack owns fresh
-    arrays."""
-    stack: list[batching.Batch] = []
-    k = 1
-    for batch in batches:
-        dim = batch.embeddings.shape[1]
-        if stack and dim != stack[0].embeddings.shape[1]:
-            # Files evaluated apart may differ in dimension: never mix them.
-            yield _pack(stack, batch_size, k)
-            stack = []
-        if not stack:
-            k = stack_size(batch_size, dim)
-        stack.append(batch)
-        if len(stack) == k:
-            yield _pack(stack, batch_size, k)
-            stack = []
-    if stack:
-        yield _pack(stack, batch_size, k)
-
 
 def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
     dim = stack[0].embeddings.shape[1]
@@ -219,69 +197,121 @@ def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
     )
 
 
-_DONE = object()
+class ReadAhead:
+    """Items produced on a background thread, up to ``budget`` ahead.
 
-
-def prefetch(
-    items: Iterator[Any], weigh: Callable[[Any], int], budget: int
-) -> Generator[Any, None, None]:
-    """Run ``items`` on a background thread, holding up to ``budget`` (as
-    ``weigh`` counts it) ready ahead of the consumer; one item always fits.
-
-    Reading and batching then overlap the compiled calls, which release the GIL.
-    An exception raised while producing is re-raised here, in order.
+    Reading and batching then overlap the compiled calls, which release the GIL,
+    and the TensorFlow import. ``weigh`` says what an item costs against the
+    budget; one item always fits. An exception raised while producing is
+    re-raised by :meth:`get`, after the items produced before it.
     """
-    ready: collections.deque[tuple[Any, int, BaseException | None]] = (
-        collections.deque()
-    )
-    held = 0
-    changed = threading.Condition()
-    stop = threading.Event()
 
-    def hand_over(item: Any, weight: int, error: BaseException | None) -> None:
-        nonlocal held
-        with changed:
-            ready.append((item, weight, error))
-            held += weight
-            changed.notify_all()
+    END = object()  # what get() returns once every item has been taken
+    LATE = object()  # what get() returns when its timeout passed first
 
-    def room_for(weight: int) -> bool:
-        return stop.is_set() or not held or held + weight <= budget
+    def __init__(
+        self, items: Iterator[Any], weigh: Callable[[Any], int], budget: int
+    ) -> None:
+        self._items = items
+        self._weigh = weigh
+        self._budget = budget
+        self._ready: collections.deque[tuple[Any, int, BaseException | None]] = (
+            collections.deque()
+        )
+        self._held = 0
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(
+            target=self._produce, name="distgap-reader", daemon=True
+        )
+        self._worker.start()
 
-    def produce() -> None:
+    def _room_for(self, weight: int) -> bool:
+        held = self._held
+        return self._stop.is_set() or not held or held + weight <= self._budget
+
+    def _hand_over(self, item: Any, weight: int, error: BaseException | None) -> None:
+        with self._changed:
+            self._ready.append((item, weight, error))
+            self._held += weight
+            self._changed.notify_all()
+
+    def _produce(self) -> None:
         try:
-            for item in items:
-                weight = weigh(item)
-                with changed:
-                    changed.wait_for(functools.partial(room_for, weight))
-                if stop.is_set():
+            for item in self._items:
+                weight = self._weigh(item)
+                with self._changed:
+                    self._changed.wait_for(functools.partial(self._room_for, weight))
+                if self._stop.is_set():
                     return
-                hand_over(item, weight, None)
+                self._hand_over(item, weight, None)
         except BaseException as exc:  # handed to the consumer, not swallowed
-            hand_over(None, 0, exc)
+            self._hand_over(None, 0, exc)
             return
-        hand_over(_DONE, 0, None)
+        self._hand_over(self.END, 0, None)
 
-    worker = threading.Thread(target=produce, name="distgap-reader", daemon=True)
-    worker.start()
-    try:
-        while True:
-            with changed:
-                changed.wait_for(lambda: bool(ready))
-                item, weight, error = ready.popleft()
-                held -= weight
-                changed.notify_all()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item, :attr:`END`, or :attr:`LATE` after ``timeout`` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: bool(self._ready), timeout):
+                return self.LATE
+            item, weight, error = self._ready[0]
+            if item is not self.END:  # END stays, for every later call
+                self._ready.popleft()
+            self._held -= weight
+            self._changed.notify_all()
+        if error is not None:
+            raise error
+        return item
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self.get()) is not self.END:
             yield item
-    finally:
-        with changed:
-            stop.set()
-            changed.notify_all()
-        # The reader stops before its next item; it may be in the middle of one.
-        worker.join(_STOP_WAIT)
+
+    def close(self) -> None:
+        """Stop the reader before its next item. One blocked inside an item (a
+        slow pipe) is left behind as a daemon thread rather than waited for."""
+        with self._changed:
+            self._stop.set()
+            self._changed.notify_all()
+        self._worker.join(_STOP_WAIT)
+
+
+def _stacks(
+    ahead: ReadAhead, batch_size: int, patience: float, first: Any = None
+) -> Iterator[Stack]:
+    """Group the batches ``ahead`` into stacks of :func:`stack_size`.
+
+    A stack is cut short when the next batch has not come within ``patience``
+    seconds, so that a slow stream is evaluated (and its per-batch lines written)
+    as it arrives, not once a whole stack of it has. ``first``, when given, is
+    the batch already taken from ``ahead``. Each stack owns fresh arrays.
+    """
+    carried = first
+    while True:
+        batch = ahead.get() if carried is None else carried
+        carried = None
+        if batch is ReadAhead.END:
+            return
+        dim = batch.embeddings.shape[1]
+        k = stack_size(batch_size, dim)
+        group = [batch]
+        deadline = time.monotonic() + patience
+        while len(group) < k:
+            following = ahead.get(max(0.0, deadline - time.monotonic()))
+            if following is ReadAhead.LATE:
+                break
+            if following is ReadAhead.END or following.embeddings.shape[1] != dim:
+                # Files evaluated apart may differ in dimension: never mix them.
+                carried = following
+                break
+            group.append(following)
+        yield _pack(group, batch_size, k)
+
+
+def _batch_bytes(batch: batching.Batch) -> int:
+    arrays = (batch.embeddings, batch.labels, batch.rows, batch.files)
+    return sum(a.nbytes for a in arrays)
 
 
 def evaluate(
@@ -354,24 +384,25 @@ def evaluate(
     per_file: dict[int, dict[Distance, GapAccumulator]] = {}
     anchor_parts: dict[Distance, list[PerAnchor]] = {d: [] for d in settings.distances}
     accumulators = {d: GapAccumulator() for d in settings.distances}
-    stacks = prefetch(
-        _stacks(batches, settings.batch_size),
-        weigh=lambda stack: stack.nbytes,
-        budget=_READ_AHEAD_BYTES,
-    )
+    ahead = ReadAhead(batches, weigh=_batch_bytes, budget=_READ_AHEAD_BYTES)
     try:
-        # The first stack is read before TensorFlow is imported, so that bad input
-        # fails fast; the reader goes on filling stacks during the import.
-        first = next(stacks, None)
-        if first is None:
+        # The first batch is read before TensorFlow is imported, so that bad input
+        # fails fast; the reader goes on during the import. A stream that is slow
+        # to fill a batch does not hold the import (and a device error) back.
+        first = ahead.get(_FIRST_BATCH_WAIT)
+        if first is ReadAhead.END:
             raise NoResultError(_nothing_valid(reader))
         evaluator = BatchEvaluator(
             settings.distances, settings.device, settings.per_anchor
         )
-        chained = itertools.chain([first], stacks)
-        del first  # held by the chain until used, not for the whole run
+        if first is ReadAhead.LATE:
+            first = ahead.get()
+            if first is ReadAhead.END:
+                raise NoResultError(_nothing_valid(reader))
+        stacks = _stacks(ahead, settings.batch_size, _PATIENCE, first)
+        del first  # held by the stacking until used, not for the whole run
         done = 0
-        for stack in chained:
+        for stack in stacks:
             stats = evaluator(stack.labels, stack.x, stack.mask)
             real = {
                 d: {name: v[: stack.real] for name, v in values.items()}
@@ -391,7 +422,7 @@ def evaluate(
             done += stack.real
     finally:
         try:
-            stacks.close()
+            ahead.close()
         finally:
             if spill is not None:
                 spill.close()

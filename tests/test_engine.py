@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from distgap_cli.engine import prefetch, stack_size
+from distgap_cli.batching import Batch
+from distgap_cli.engine import ReadAhead, _stacks, stack_size
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -15,9 +17,9 @@ def _reader_threads() -> list[threading.Thread]:
 
 
 def test_items_arrive_in_order():
-    assert list(prefetch(iter(range(100)), weigh=lambda _: 1, budget=7)) == list(
-        range(100)
-    )
+    ahead = ReadAhead(iter(range(100)), weigh=lambda _: 1, budget=7)
+    assert list(ahead) == list(range(100))
+    assert ahead.get() is ReadAhead.END  # and stays so
 
 
 def test_the_reader_holds_no_more_than_its_budget_ahead():
@@ -30,8 +32,7 @@ def test_the_reader_holds_no_more_than_its_budget_ahead():
             yield i
 
     ahead = []
-    stream = prefetch(items(), weigh=lambda _: 2, budget=6)
-    for consumed, _ in enumerate(stream, start=1):
+    for consumed, _ in enumerate(ReadAhead(items(), lambda _: 2, budget=6), start=1):
         time.sleep(0.002)  # a slow consumer lets the reader run ahead
         # Three items fit in the budget, plus the one the reader holds waiting.
         ahead.append(made - consumed)
@@ -40,7 +41,7 @@ def test_the_reader_holds_no_more_than_its_budget_ahead():
 
 
 def test_an_item_larger_than_the_budget_still_passes():
-    assert list(prefetch(iter([5, 50, 5]), weigh=lambda w: w, budget=10)) == [5, 50, 5]
+    assert list(ReadAhead(iter([5, 50, 5]), weigh=lambda w: w, budget=10)) == [5, 50, 5]
 
 
 def test_an_error_arrives_after_the_items_before_it():
@@ -51,17 +52,87 @@ def test_an_error_arrives_after_the_items_before_it():
 
     got = []
     with pytest.raises(ValueError, match="row 3"):
-        for item in prefetch(items(), weigh=lambda _: 1, budget=100):
+        for item in ReadAhead(items(), weigh=lambda _: 1, budget=100):
             got.append(item)
     assert got == [1, 2]
 
 
+def test_a_late_item_is_reported_as_late():
+    more = threading.Event()
+
+    def items():
+        yield 0
+        more.wait(30)
+        yield 1
+
+    ahead = ReadAhead(items(), weigh=lambda _: 1, budget=4)
+    assert ahead.get() == 0
+    assert ahead.get(timeout=0.05) is ReadAhead.LATE
+    more.set()
+    assert ahead.get() == 1
+    assert ahead.get() is ReadAhead.END
+
+
 def test_closing_early_stops_the_reader():
     started = len(_reader_threads())
-    stream = prefetch(iter(range(10**9)), weigh=lambda _: 1, budget=4)
-    assert next(stream) == 0
-    stream.close()
+    ahead = ReadAhead(iter(range(10**9)), weigh=lambda _: 1, budget=4)
+    assert ahead.get() == 0
+    ahead.close()
     assert len(_reader_threads()) == started
+
+
+def test_closing_does_not_wait_for_a_reader_stuck_on_a_slow_input():
+    more = threading.Event()
+
+    def items():
+        yield 0
+        more.wait(30)  # a pipe whose writer has gone quiet
+        yield 1
+
+    ahead = ReadAhead(items(), weigh=lambda _: 1, budget=4)
+    assert ahead.get() == 0
+    start = time.perf_counter()
+    ahead.close()
+    assert time.perf_counter() - start < 10
+    more.set()
+
+
+def _batch(first_row: int, n: int = 4, dim: int = 2) -> Batch:
+    return Batch(
+        embeddings=np.ones((n, dim), np.float32),
+        labels=np.zeros(n, np.int64),
+        rows=np.arange(first_row, first_row + n),
+        files=np.zeros(n, np.int32),
+    )
+
+
+def test_a_slow_stream_is_stacked_as_it_arrives():
+    # 4-row batches stack 4096 to a call; a stream that pauses after two batches
+    # must not hold them back until 4096 have come.
+    more = threading.Event()
+
+    def batches():
+        yield _batch(0)
+        yield _batch(4)
+        more.wait(30)
+        yield _batch(8)
+
+    stacks = _stacks(ReadAhead(batches(), lambda _: 1, 100), 4, patience=0.1)
+    start = time.perf_counter()
+    first = next(stacks)
+    assert time.perf_counter() - start < 10
+    assert first.real == 2 and list(first.first_rows) == [0, 4]
+    more.set()
+    assert [list(s.first_rows) for s in stacks] == [[8]]
+
+
+def test_batches_of_different_dimensions_never_share_a_stack():
+    parts = [_batch(0, dim=2), _batch(4, dim=2), _batch(8, dim=3), _batch(12, dim=3)]
+    stacks = list(_stacks(ReadAhead(iter(parts), lambda _: 1, 100), 4, patience=5))
+    assert [(s.x.shape[2], list(s.first_rows)) for s in stacks] == [
+        (2, [0, 4]),
+        (3, [8, 12]),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -76,19 +147,3 @@ def test_closing_early_stops_the_reader():
 )
 def test_stacks_are_bounded_by_rows_pairs_and_bytes(batch, dim, expected):
     assert stack_size(batch, dim) == expected
-
-
-def test_closing_does_not_wait_for_a_reader_stuck_on_a_slow_input():
-    more = threading.Event()
-
-    def items():
-        yield 0
-        more.wait(30)  # a pipe whose writer has gone quiet
-        yield 1
-
-    stream = prefetch(items(), weigh=lambda _: 1, budget=4)
-    assert next(stream) == 0
-    start = time.perf_counter()
-    stream.close()
-    assert time.perf_counter() - start < 10
-    more.set()

@@ -277,6 +277,64 @@ def test_interrupt_exits_130_without_traceback(tmp_path):
     assert b"Traceback" not in stderr
 
 
+# Writes an Arrow stream of two 4-row batches to stdout, then holds the pipe open.
+_SLOW_WRITER = """
+import sys, time
+import pyarrow as pa
+x = pa.array([[0.0], [1.0], [3.0], [10.0]], pa.list_(pa.float32()))
+batch = pa.record_batch([x, pa.array([0, 0, 1, 1])], names=["embedding", "label"])
+with pa.ipc.new_stream(sys.stdout.buffer, batch.schema) as writer:
+    for _ in range(2):
+        writer.write_batch(batch)
+        sys.stdout.buffer.flush()
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def _behind_slow_writer(args, pause):
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, str(pause)], stdout=subprocess.PIPE
+    )
+    child = subprocess.Popen(
+        [*command, "eval", "-", *args],
+        stdin=writer.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    writer.stdout.close()
+    return writer, child
+
+
+@pytest.mark.slow
+def test_a_slow_stream_is_evaluated_as_it_arrives():
+    # --per-batch lines come while the writer still holds the pipe open.
+    writer, child = _behind_slow_writer(["-b", "4", "--per-batch", "-d", "l2"], 60)
+    try:
+        first = json.loads(child.stdout.readline())
+        assert first["kind"] == "batch" and first["gap"] == pytest.approx(5.0)
+        assert writer.poll() is None  # the pipe is still open
+    finally:
+        writer.kill()
+        child.communicate(timeout=120)
+
+
+@pytest.mark.slow
+def test_an_error_does_not_wait_for_a_slow_stream():
+    # No GPU here (or not this many): the device error must not wait for the
+    # writer, and leaving with the reader still blocked on stdin must not abort.
+    writer, child = _behind_slow_writer(["-d", "l2", "--device", "gpu:99"], 60)
+    start = time.perf_counter()
+    _, stderr = child.communicate(timeout=120)
+    elapsed = time.perf_counter() - start
+    writer.kill()
+    assert child.returncode == 2, stderr
+    assert elapsed < 45
+    assert b"gpu:99" in stderr and b"Fatal" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
 def test_no_color_and_piped_output_hold_no_escapes(hardneg):
     env = {**os.environ, "NO_COLOR": "1"}
     out = _run(["eval", str(hardneg), "-d", "l2", "--min-gap", "9"], env=env)
