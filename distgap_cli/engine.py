@@ -527,12 +527,17 @@ def _check_batches(result: EvalResult) -> None:
         )
     skipped = no_pos + no_neg
     if skipped and skipped * 10 >= total:
-        hint = (
-            "the input looks sorted by label; try --shuffle"
-            if no_neg >= no_pos
-            else "most classes have too few rows per batch; try --shuffle or a "
-            "larger --batch-size"
-        )
+        shuffled = result.settings.sampler != "sequential"
+        if no_neg >= no_pos and not shuffled:
+            hint = "the input looks sorted by label; try --shuffle"
+        elif no_neg >= no_pos:
+            hint = "one class fills most batches; try --sampler balanced"
+        else:
+            hint = "most classes have too few rows per batch; try " + (
+                "--sampler balanced or a larger --batch-size"
+                if shuffled
+                else "--shuffle or a larger --batch-size"
+            )
         result.warnings.append(
             f"{skipped} of {total} batches were skipped ({no_pos} without a positive "
             f"pair, {no_neg} without a negative pair, i.e. a single class): {hint}"

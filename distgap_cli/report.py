@@ -389,9 +389,9 @@ def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     mine, theirs = current.get("settings", {}), baseline.get("settings", {})
     if mine.get("mode") != theirs.get("mode"):
         raise UsageError(
-            f"the baseline is a {theirs.get('mode')}-mode report and this one "
-            f"{mine.get('mode')}-mode: their figures are not comparable; compare "
-            "reports made with the same --mode"
+            f"the baseline is a report of --mode {theirs.get('mode')} and this one "
+            f"of --mode {mine.get('mode')}: their figures are not comparable; "
+            "compare reports made with the same --mode"
         )
     warnings = []
     for key in ("batch_size", "sampler", "classes_per_batch", "examples_per_class"):

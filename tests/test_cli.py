@@ -155,6 +155,19 @@ def test_c12_margin_gate_catches_overlap(cli, tmp_path):
     assert "--min-margin on cosine: margin.mean is -0.00322" in failed.stderr
 
 
+def test_skip_hint_does_not_suggest_the_sampler_already_in_use(cli, tmp_path):
+    # 100 classes of 10 rows in batches of 8: most batches have no positive pair.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(100), 10)
+    path = write_parquet(tmp_path / "x.parquet", rng.normal(size=(1000, 4)), labels)
+    plain = cli("eval", path, "-b", "8", "-d", "l2", "-f", "json")
+    assert "try --shuffle or a larger --batch-size" not in plain.stderr  # sorted
+    shuffled = cli("eval", path, "-b", "8", "-d", "l2", "-f", "json", "--shuffle")
+    assert shuffled.exit_code == 0, shuffled.stderr
+    assert "try --sampler balanced or a larger --batch-size" in shuffled.stderr
+    assert "try --shuffle" not in shuffled.stderr
+
+
 def test_csv_and_markdown(cli, hardneg):
     out = cli("eval", hardneg, "-d", "euclidean", "-d", "l1", "-f", "csv")
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
