@@ -116,6 +116,7 @@ def test_full_disk_is_a_clean_error():
         )
     assert out.returncode == 2
     assert "No space left" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_single_class_input_says_so(cli, tmp_path):
