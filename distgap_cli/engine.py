@@ -1,7 +1,9 @@
 """``distgap eval`` in batch mode: read, batch, run the core, accumulate.
 
-Batches are stacked ``stack`` at a time into one call of a compiled TensorFlow
-function with a fixed signature (the last stack is padded with masked rows), so the
+Input is read and batched on a background thread (:class:`ReadAhead`) that starts
+before TensorFlow is imported. Batches are stacked up to :func:`stack_size` at a
+time into one call of a compiled TensorFlow function with a fixed signature (a
+short stack, at the end or from a slow stream, is padded with masked rows), so the
 function is traced once per run and the per-call overhead is shared.
 """
 
