@@ -99,10 +99,3 @@ def resolve_device(spec: str) -> str:
             f"--device {spec}: TensorFlow sees {seen}; use --device cpu or auto"
         )
     return f"/GPU:{wanted}"
-
-
-@contextlib.contextmanager
-def placed(device: str) -> Iterator[None]:
-    """Run the enclosed TensorFlow work on ``device``."""
-    with tensorflow().device(device):
-        yield

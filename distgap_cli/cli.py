@@ -563,10 +563,9 @@ def eval_command(
                 for warning in result.warnings:
                     err.print(f"[yellow]warning:[/] {escape(warning)}", emoji=False)
                 if reader.dropped:
-                    parts = ", ".join(f"{n} {why}" for why, n in reader.dropped.items())
                     total = sum(reader.dropped.values())
                     err.print(
-                        f"dropped {total} invalid row(s): {parts}",
+                        f"dropped {total} invalid row(s): {reader.dropped_reasons()}",
                         markup=False,
                         emoji=False,
                     )

@@ -452,10 +452,10 @@ def _nothing_valid(reader: Reader) -> str:
     """Why an input gave no rows to evaluate."""
     if not reader.dropped:
         return "the input holds no rows"
-    reasons = ", ".join(f"{n} {why}" for why, n in sorted(reader.dropped.items()))
     return (
         f"the input holds no valid rows: --on-invalid skip dropped all "
-        f"{reader.rows_read} ({reasons}); fix those rows or export them again"
+        f"{reader.rows_read} ({reader.dropped_reasons()}); fix those rows or export "
+        "them again"
     )
 
 

@@ -218,6 +218,10 @@ class Reader:
         """Rows read minus rows dropped."""
         return self.rows_read - sum(self.dropped.values())
 
+    def dropped_reasons(self) -> str:
+        """The rows ``--on-invalid skip`` dropped, by reason: ``"2 NaN ..., 1 ..."``."""
+        return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()))
+
     def blocks(self) -> Iterator[Block]:
         """Every valid row of every source, in read order, in blocks."""
         npy_index = 0
