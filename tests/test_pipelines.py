@@ -256,6 +256,23 @@ def test_closed_pipe_ends_quietly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_a_report_to_a_closed_stdout_ends_quietly(fmt):
+    # The reader of stdout is gone before the report is written.
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    child = subprocess.Popen(
+        [*command, "eval", str(SAMPLE_DATA / "digits_trained.parquet"), "-f", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()
+    stderr = child.stderr.read()
+    assert child.wait(timeout=300) == 141
+    assert stderr == b""
+
+
+@pytest.mark.slow
 def test_interrupt_exits_130_without_traceback(tmp_path):
     # About a minute of manhattan work on two cores, interrupted after six seconds.
     rng = np.random.default_rng(0)
