@@ -1,4 +1,11 @@
-"""Importing TensorFlow quietly and placing work on a device.
+"""Where the core runs: NumPy threads on the CPU, TensorFlow on a GPU.
+
+A :class:`Runner` calls a function written against :mod:`distgap_cli.arrays` on
+stacks of NumPy arrays and returns NumPy arrays. On the CPU (:class:`NumpyRunner`)
+it splits the stack across threads, one per core, and computes with NumPy, so a
+command-line run never pays for TensorFlow's start-up (seconds). On a GPU
+(:class:`TensorFlowRunner`) it calls the function compiled with ``tf.function``,
+placed on the device.
 
 TensorFlow is imported here and only here, on first use, so that ``distgap --help``
 and input errors never wait for it, and its C++ start-up logging (CUDA probing,
@@ -7,10 +14,15 @@ oneDNN notices) stays off a user's terminal.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import glob
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from distgap_cli.errors import DeviceError, UsageError
 
@@ -80,14 +92,29 @@ def parse_device(spec: str) -> tuple[str, int | None]:
     )
 
 
+def _may_have_gpu() -> bool:
+    """False when no GPU can be visible to TensorFlow, found without importing it.
+
+    On Linux TensorFlow reaches NVIDIA GPUs through ``/dev/nvidia*`` and AMD ones
+    through ``/dev/kfd``; without those device files there is nothing to ask it.
+    Elsewhere only TensorFlow can tell.
+    """
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
 def resolve_device(spec: str) -> str:
     """Turn a ``--device`` value into a TensorFlow device name such as ``/GPU:0``.
+
+    ``auto`` is the first GPU when TensorFlow sees one, else the CPU; it imports
+    TensorFlow only where a GPU may be there.
 
     Raises:
         DeviceError: when a GPU is asked for and TensorFlow sees none (or not that one).
     """
     kind, index = parse_device(spec)
-    if kind == "cpu":
+    if kind == "cpu" or (kind == "auto" and not _may_have_gpu()):
         return "/CPU:0"
     gpus = tensorflow().config.list_physical_devices("GPU")
     if kind == "auto":
@@ -99,3 +126,130 @@ def resolve_device(spec: str) -> str:
             f"--device {spec}: TensorFlow sees {seen}; use --device cpu or auto"
         )
     return f"/GPU:{wanted}"
+
+
+def worker_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+# Values in one part's [B, B] temporaries on the CPU (512k: 2 MB of float32).
+_PART_PAIRS = 1 << 19
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = concurrent.futures.ThreadPoolExecutor(
+            worker_count(), thread_name_prefix="distgap-core"
+        )
+    return _POOL
+
+
+Results = dict[str, dict[str, np.ndarray]]
+
+
+class NumpyRunner:
+    """Calls ``fn`` with NumPy arrays, its stack split across one thread per core.
+
+    The first ``split`` arguments are cut along their first axis into parts, at
+    least one per thread; the others go whole to every part. ``pairs(first)`` is
+    how many pairwise values one item of the first argument's first axis costs.
+    ``fn`` returns a dict of dicts of arrays whose first axis follows the split;
+    the parts are joined back. NumPy releases the GIL in the matrix products and
+    the passes over them, so the threads run in parallel. Each thread's matrix
+    products should then be single-threaded: the command line sets
+    ``OPENBLAS_NUM_THREADS=1`` before NumPy loads.
+    """
+
+    device = "/CPU:0"
+
+    def __init__(
+        self, fn: Callable[..., Results], split: int, pairs: Callable[[Any], int]
+    ) -> None:
+        self._compute = fn
+        self._split = split
+        self._pairs = pairs
+
+    def _fn(self, *args: np.ndarray) -> Results:
+        # inf - inf and 0 / 0 make the NaNs the core means (no pair, no value).
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return self._compute(*args)
+
+    def __call__(self, *args: np.ndarray) -> Results:
+        """``fn`` over the whole stack."""
+        parts = self._parts(args[0])
+        if parts <= 1:
+            return self._fn(*args)
+        pieces = [np.array_split(a, parts) for a in args[: self._split]]
+        shared = args[self._split :]
+        futures = [
+            _pool().submit(self._fn, *(p[i] for p in pieces), *shared)
+            for i in range(parts)
+        ]
+        outs = [f.result() for f in futures]
+        return {
+            key: {name: np.concatenate([o[key][name] for o in outs]) for name in value}
+            for key, value in outs[0].items()
+        }
+
+    def _parts(self, first: np.ndarray) -> int:
+        """How many parts to cut a stack into: one per core at least, more while
+        a part's ``[B, B]`` temporaries would pass ``_PART_PAIRS`` values. Small
+        temporaries are reused by the allocator; large ones are fresh memory
+        from the kernel on every call, and its page faults cost more than the
+        arithmetic (cosine, batch 256: 0.34M rows/s at 32 batches a part, 0.71M
+        at 8)."""
+        stacked = len(first)
+        by_size = -(-stacked * self._pairs(first) // _PART_PAIRS)
+        return max(1, min(stacked, max(worker_count(), by_size)))
+
+
+class TensorFlowRunner:
+    """Calls ``fn`` compiled with ``tf.function`` on a TensorFlow device."""
+
+    def __init__(
+        self, fn: Callable[..., Any], device: str, signature: list[Any] | None = None
+    ) -> None:
+        tf = tensorflow()
+        self.device = device
+        self._tf = tf
+        if signature is None:
+            self._fn = tf.function(fn, reduce_retracing=True, autograph=False)
+        else:
+            self._fn = tf.function(fn, input_signature=signature, autograph=False)
+
+    def __call__(self, *args: np.ndarray) -> Results:
+        """``fn`` over the whole stack, as NumPy arrays."""
+        with self._tf.device(self.device):
+            out = self._fn(*args)
+        return {
+            key: {name: v.numpy() for name, v in value.items()}
+            for key, value in out.items()
+        }
+
+
+Runner = NumpyRunner | TensorFlowRunner
+
+
+def runner(
+    fn: Callable[..., Any],
+    device: str,
+    split: int,
+    pairs: Callable[[Any], int],
+    signature: Callable[[Any], list[Any]] | None = None,
+    library: str = "auto",
+) -> Runner:
+    """A runner of ``fn`` for a ``--device`` value: NumPy threads on the CPU,
+    TensorFlow on a GPU (or on the CPU too, with ``library="tensorflow"``).
+    ``split`` and ``pairs`` are as for :class:`NumpyRunner`; ``signature(tf)``,
+    when given, fixes the compiled function's input signature."""
+    placed = resolve_device(device)
+    if placed == "/CPU:0" and library != "tensorflow":
+        return NumpyRunner(fn, split, pairs)
+    spec = signature(tensorflow()) if signature is not None else None
+    return TensorFlowRunner(fn, placed, spec)

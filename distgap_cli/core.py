@@ -6,7 +6,9 @@ marking the rows that take part (padding rows, and rows with sample weight 0, ar
 masked out as anchors and as candidates). A single batch is a stack of one.
 
 The Keras metrics, the command line and the accumulators all call these
-functions; nothing else in distgap computes a distance.
+functions; nothing else in distgap computes a distance. The inputs decide the
+library (:mod:`distgap_cli.arrays`): NumPy arrays are computed with NumPy,
+TensorFlow tensors with TensorFlow, by the same code.
 
 Accuracy. Distances with a Gram form (cosine, euclidean, squared euclidean, snr)
 are first computed through matrix products, which are fast but cancel badly for
@@ -21,13 +23,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from distgap_cli.backend import tensorflow
+from distgap_cli.arrays import namespace
 from distgap_cli.distances import Distance
 
-tf = tensorflow()
-
-# Elements (not bytes) of the largest broadcast temporary manhattan builds.
-_TILE_ELEMENTS = 1 << 23
+_INF = float("inf")
+_NAN = float("nan")
 
 
 class AnchorStats(NamedTuple):
@@ -68,96 +68,70 @@ class BatchStats(NamedTuple):
     sum_hardest_neg: Any
 
 
-def _masked_mean(x: Any, mask: Any) -> Any:
+def _masked_mean(xp: Any, x: Any, mask: Any) -> Any:
     """Mean over the rows of each batch that ``mask`` keeps, ``[K, 1, d]``."""
-    weights = tf.cast(mask, x.dtype)[..., None]
-    count = tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1.0)
-    return tf.reduce_sum(x * weights, axis=1, keepdims=True) / count
+    weights = xp.as_float(mask)[..., None]
+    count = xp.maximum(xp.sum(weights, axis=1, keepdims=True), 1.0)
+    return xp.sum(x * weights, axis=1, keepdims=True) / count
 
 
-def _squared_distances(z: Any) -> Any:
+def _squared_distances(xp: Any, z: Any) -> Any:
     """``|z_i - z_j|^2`` through the Gram matrix, clamped at zero."""
-    sq = tf.reduce_sum(z * z, axis=-1)
-    gram = tf.linalg.matmul(z, z, transpose_b=True)
-    return tf.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
+    sq = xp.sum(z * z)
+    gram = xp.matmul_t(z, z)
+    return xp.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
 
 
-def _manhattan(a: Any, c: Any) -> Any:
-    """Sums of absolute differences ``[K, A, C]``, tiled over anchors so that the
-    broadcast temporary stays under ``_TILE_ELEMENTS`` values."""
-    shape = tf.shape(a)
-    k, n, d = shape[0], shape[1], shape[2]
-    per_anchor = tf.maximum(k * tf.shape(c)[1] * d, 1)
-    rows = tf.maximum(_TILE_ELEMENTS // per_anchor, 1)
-    tiles = (n + rows - 1) // rows
-    padded = tf.pad(a, [[0, 0], [0, tiles * rows - n], [0, 0]])
-    anchors = tf.transpose(tf.reshape(padded, [k, tiles, rows, d]), [1, 0, 2, 3])
-
-    def one_tile(tile: Any) -> Any:
-        diff = tf.abs(tile[:, :, None, :] - c[:, None, :, :])
-        return tf.reduce_sum(diff, axis=-1)
-
-    out = tf.map_fn(
-        one_tile,
-        anchors,
-        fn_output_signature=tf.TensorSpec([None, None, None], a.dtype),
-        parallel_iterations=1,
-    )
-    out = tf.reshape(tf.transpose(out, [1, 0, 2, 3]), [k, tiles * rows, -1])
-    return out[:, :n, :]
-
-
-def _gram_rows(distance: Distance, x: Any, mask: Any) -> Any:
+def _gram_rows(xp: Any, distance: Distance, x: Any, mask: Any) -> Any:
     """The rows whose Gram matrix :func:`pairwise` works from."""
     if distance is Distance.COSINE:
-        return tf.math.l2_normalize(x, axis=-1)
+        return xp.l2_normalize(x)
     if distance in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN):
-        return x - _masked_mean(x, mask)
+        return x - _masked_mean(xp, x, mask)
     if distance is Distance.SNR:
-        return x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        return x - xp.mean(x, keepdims=True)
     return x
 
 
 def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
     """The ``[K, B, B]`` distance matrix of each batch (row i is the anchor)."""
-    z = _gram_rows(distance, x, mask)
+    xp = namespace(x)
+    z = _gram_rows(xp, distance, x, mask)
     if distance is Distance.COSINE:
-        gram = tf.linalg.matmul(z, z, transpose_b=True)
-        return tf.clip_by_value(1.0 - gram, 0.0, 2.0)
+        return xp.clip(1.0 - xp.matmul_t(z, z), 0.0, 2.0)
     if distance is Distance.EUCLIDEAN:
-        return tf.sqrt(_squared_distances(z))
+        return xp.sqrt(_squared_distances(xp, z))
     if distance is Distance.SQUARED_EUCLIDEAN:
-        return _squared_distances(z)
+        return _squared_distances(xp, z)
     if distance is Distance.MANHATTAN:
-        return _manhattan(x, x)
+        return xp.manhattan(x, x)
     if distance is Distance.INNER_PRODUCT:
-        return tf.linalg.matmul(x, x, transpose_b=True)
+        return xp.matmul_t(x, x)
     # snr: var(e_i - e_j) / var(e_i) = |c_i - c_j|^2 / |c_i|^2 for centred rows c;
     # the numerator is translation invariant, so centre c on the batch too.
-    numerator = _squared_distances(z - _masked_mean(z, mask))
-    signal = tf.reduce_sum(z * z, axis=-1)
+    numerator = _squared_distances(xp, z - _masked_mean(xp, z, mask))
+    signal = xp.sum(z * z)
     return numerator / signal[:, :, None]
 
 
-def _direct(distance: Distance, anchors: Any, partners: Any) -> Any:
+def _direct(xp: Any, distance: Distance, anchors: Any, partners: Any) -> Any:
     """Distances from ``anchors`` ``[K, B, 1, d]`` to ``partners`` ``[K, B, m, d]``."""
     diff = anchors - partners
     if distance is Distance.COSINE:
-        return tf.minimum(0.5 * tf.reduce_sum(diff * diff, axis=-1), 2.0)
+        return xp.minimum(0.5 * xp.sum(diff * diff), 2.0)
     if distance is Distance.EUCLIDEAN:
-        return tf.sqrt(tf.reduce_sum(diff * diff, axis=-1))
+        return xp.sqrt(xp.sum(diff * diff))
     if distance is Distance.SQUARED_EUCLIDEAN:
-        return tf.reduce_sum(diff * diff, axis=-1)
+        return xp.sum(diff * diff)
     # snr
-    noise = tf.math.reduce_variance(diff, axis=-1)
-    return noise / tf.math.reduce_variance(anchors, axis=-1)
+    return xp.var(diff) / xp.var(anchors)
 
 
 def _needs_refinement(distance: Distance) -> bool:
     return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
 
 
-def _ranking(distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
+def _ranking(xp: Any, distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
     """A ``[K, A, C]`` matrix ordered like the distances along each anchor's row.
 
     Cheaper than :func:`pairwise`: terms constant along a row (the anchor's own
@@ -168,67 +142,92 @@ def _ranking(distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
     nothing, which keeps the Gram form from cancelling.
     """
     if distance is Distance.MANHATTAN:
-        return _manhattan(a, c)
+        return xp.manhattan(a, c)
     if distance is Distance.INNER_PRODUCT:
-        return tf.linalg.matmul(a, c, transpose_b=True)
+        return xp.matmul_t(a, c)
     if distance is Distance.COSINE:
-        ua = tf.math.l2_normalize(a, axis=-1)
-        uc = tf.math.l2_normalize(c, axis=-1)
         # Negating the rows rather than the product saves a pass over [K, A, C].
-        return tf.linalg.matmul(-ua, uc, transpose_b=True)
+        return xp.matmul_t(-xp.l2_normalize(a), xp.l2_normalize(c))
     if distance is Distance.SNR:
-        a = a - tf.reduce_mean(a, axis=-1, keepdims=True)
-        c = c - tf.reduce_mean(c, axis=-1, keepdims=True)
-    shift = _masked_mean(c, c_mask)
+        a = a - xp.mean(a, keepdims=True)
+        c = c - xp.mean(c, keepdims=True)
+    shift = _masked_mean(xp, c, c_mask)
     za, zc = a - shift, c - shift
-    sq = tf.reduce_sum(zc * zc, axis=-1)
-    return sq[:, None, :] - tf.linalg.matmul(2.0 * za, zc, transpose_b=True)
+    sq = xp.sum(zc * zc)
+    return sq[:, None, :] - xp.matmul_t(2.0 * za, zc)
 
 
-def _measured(distance: Distance, a: Any, c: Any, picks: Any, ranking: Any) -> Any:
+def _measured(
+    xp: Any, distance: Distance, a: Any, c: Any, picks: Any, ranking: Any
+) -> Any:
     """Distances from each anchor of ``a`` ``[K, A, d]`` to the candidates of
     ``c`` ``[K, C, d]`` at ``picks`` ``[K, A, m]``, from direct differences."""
     if not _needs_refinement(distance):
-        return tf.gather(ranking, picks, batch_dims=2)
+        return xp.take_last(ranking, picks)
     if distance is Distance.COSINE:
-        a = tf.math.l2_normalize(a, axis=-1)
-        c = tf.math.l2_normalize(c, axis=-1)
-    partners = tf.gather(c, picks, batch_dims=1)
-    return _direct(distance, a[:, :, None, :], partners)
+        a, c = xp.l2_normalize(a), xp.l2_normalize(c)
+    partners = xp.take_rows(c, picks)
+    return _direct(xp, distance, a[:, :, None, :], partners)
 
 
-def _hardest_only(distance: Distance, labels: Any, x: Any, mask: Any) -> AnchorStats:
+def _hardest_only(
+    xp: Any, distance: Distance, labels: Any, x: Any, mask: Any
+) -> AnchorStats:
     """The hardest positive and negative of every anchor, in as few passes over
-    the ``[K, B, B]`` matrix as possible (the command line's hot path)."""
-    ranking = _ranking(distance, x, x, mask)
-    inf = tf.constant(float("inf"), ranking.dtype)
+    the ``[K, B, B]`` matrix as possible (the command line's hot path).
 
-    # Candidates that are absent (padding, weight 0) or the anchor itself lose.
-    absent = tf.where(mask, 0.0, inf)[:, None, :]
-    same = tf.equal(labels[:, :, None], labels[:, None, :])
-    pos_scores = tf.where(same, ranking, -inf) - absent
-    pos_scores = tf.linalg.set_diag(pos_scores, -inf * tf.ones_like(ranking[:, 0]))
-    neg_scores = tf.where(same, inf, ranking) + absent
-    hp_idx = tf.argmax(pos_scores, axis=-1, output_type=tf.int32)
-    hn_idx = tf.argmin(neg_scores, axis=-1, output_type=tf.int32)
-    has_pos = mask & (tf.gather(pos_scores, hp_idx, batch_dims=2) > -inf)
-    has_neg = mask & (tf.gather(neg_scores, hn_idx, batch_dims=2) < inf)
-
-    picks = tf.stack([hp_idx, hn_idx], axis=-1)
-    values = _measured(distance, x, x, picks, ranking)
-    nan = tf.constant(float("nan"), ranking.dtype)
+    Anchors are taken a slice at a time where the namespace asks for it (NumPy
+    on large batches), so that the ``[K, A, B]`` temporaries stay small.
+    """
+    b = xp.size(labels, 1)
+    step = xp.anchor_rows(labels.shape[0], b)
+    if step is None or step >= b:
+        picks, values, has_pos, has_neg = _hardest_of(
+            xp, distance, labels, x, mask, 0, b
+        )
+    else:
+        parts = [
+            _hardest_of(xp, distance, labels, x, mask, start, start + step)
+            for start in range(0, b, step)
+        ]
+        joined = (xp.concat(p) for p in zip(*parts, strict=True))
+        picks, values, has_pos, has_neg = joined
+    hp_idx, hn_idx = picks[..., 0], picks[..., 1]
     return AnchorStats(
-        hardest_pos=tf.where(has_pos, values[..., 0], nan),
-        hardest_neg=tf.where(has_neg, values[..., 1], nan),
+        hardest_pos=xp.where(has_pos, values[..., 0], _NAN),
+        hardest_neg=xp.where(has_neg, values[..., 1], _NAN),
         easiest_pos=None,
         easiest_neg=None,
         mean_pos=None,
         mean_neg=None,
         has_pos=has_pos,
         has_neg=has_neg,
-        hardest_pos_index=tf.where(has_pos, hp_idx, -1),
-        hardest_neg_index=tf.where(has_neg, hn_idx, -1),
+        hardest_pos_index=xp.where(has_pos, hp_idx, -1),
+        hardest_neg_index=xp.where(has_neg, hn_idx, -1),
     )
+
+
+def _hardest_of(
+    xp: Any, distance: Distance, labels: Any, x: Any, mask: Any, start: Any, stop: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Picks ``[K, A, 2]`` (hardest positive, hardest negative) of the anchors
+    ``start:stop`` of each batch, their measured values, and whether each
+    anchor has a positive / a negative."""
+    anchors = x[:, start:stop]
+    ranking = _ranking(xp, distance, anchors, x, mask)
+
+    # Candidates that are absent (padding, weight 0) or the anchor itself lose.
+    same = xp.equal(labels[:, start:stop, None], labels[:, None, :])
+    present = mask[:, None, :]
+    pos_scores = xp.where(same & present, ranking, -_INF)
+    pos_scores = xp.set_diagonal(pos_scores, -_INF, offset=start)
+    neg_scores = xp.where(same | ~present, _INF, ranking)
+    picks = xp.stack([xp.argmax(pos_scores), xp.argmin(neg_scores)])
+    found_pos = xp.take_last(pos_scores, picks[..., :1])[..., 0] > -_INF
+    found_neg = xp.take_last(neg_scores, picks[..., 1:])[..., 0] < _INF
+    values = _measured(xp, distance, anchors, x, picks, ranking)
+    present_anchors = mask[:, start:stop]
+    return picks, values, present_anchors & found_pos, present_anchors & found_neg
 
 
 def anchor_stats(
@@ -245,51 +244,48 @@ def anchor_stats(
             them the call is faster and those fields are None.
 
     Returns:
-        An :class:`AnchorStats` of ``[K, B]`` tensors.
+        An :class:`AnchorStats` of ``[K, B]`` arrays (or tensors, as ``x`` is).
     """
-    if x.dtype in (tf.float16, tf.bfloat16):
-        x = tf.cast(x, tf.float32)
+    xp = namespace(x)
+    x = xp.float32(x)
     if not full:
-        return _hardest_only(distance, labels, x, mask)
+        return _hardest_only(xp, distance, labels, x, mask)
     matrix = pairwise(distance, x, mask)
 
     # Masks: a pair needs both rows present; a positive pair needs two rows.
-    b = tf.shape(labels)[1]
     present = mask[:, :, None] & mask[:, None, :]
-    same = tf.equal(labels[:, :, None], labels[:, None, :])
-    not_self = ~tf.eye(b, dtype=tf.bool)[None]
+    same = xp.equal(labels[:, :, None], labels[:, None, :])
+    not_self = ~xp.eye(xp.size(labels, 1))[None]
     pos = same & not_self & present
     neg = ~same & present
-    has_pos = tf.reduce_any(pos, axis=-1)
-    has_neg = tf.reduce_any(neg, axis=-1)
+    has_pos = xp.any(pos)
+    has_neg = xp.any(neg)
 
     # Each anchor's extreme pairs, picked on the matrix, then measured directly.
-    inf = tf.constant(float("inf"), matrix.dtype)
     picks = [
-        tf.argmax(tf.where(pos, matrix, -inf), axis=-1, output_type=tf.int32),
-        tf.argmin(tf.where(neg, matrix, inf), axis=-1, output_type=tf.int32),
-        tf.argmin(tf.where(pos, matrix, inf), axis=-1, output_type=tf.int32),
-        tf.argmax(tf.where(neg, matrix, -inf), axis=-1, output_type=tf.int32),
+        xp.argmax(xp.where(pos, matrix, -_INF)),
+        xp.argmin(xp.where(neg, matrix, _INF)),
+        xp.argmin(xp.where(pos, matrix, _INF)),
+        xp.argmax(xp.where(neg, matrix, -_INF)),
     ]
-    values = _measured(distance, x, x, tf.stack(picks, axis=-1), matrix)
+    values = _measured(xp, distance, x, x, xp.stack(picks), matrix)
 
     # Anchors without a positive (or negative) get NaN, never a fallback number.
-    nan = tf.constant(float("nan"), matrix.dtype)
-    n_pos = tf.reduce_sum(tf.cast(pos, matrix.dtype), axis=-1)
-    n_neg = tf.reduce_sum(tf.cast(neg, matrix.dtype), axis=-1)
-    sum_pos = tf.reduce_sum(tf.where(pos, matrix, 0.0), axis=-1)
-    sum_neg = tf.reduce_sum(tf.where(neg, matrix, 0.0), axis=-1)
+    n_pos = xp.sum(xp.as_float(pos))
+    n_neg = xp.sum(xp.as_float(neg))
+    sum_pos = xp.sum(xp.where(pos, matrix, 0.0))
+    sum_neg = xp.sum(xp.where(neg, matrix, 0.0))
     return AnchorStats(
-        hardest_pos=tf.where(has_pos, values[..., 0], nan),
-        hardest_neg=tf.where(has_neg, values[..., 1], nan),
-        easiest_pos=tf.where(has_pos, values[..., 2], nan),
-        easiest_neg=tf.where(has_neg, values[..., 3], nan),
-        mean_pos=tf.where(has_pos, sum_pos / tf.maximum(n_pos, 1.0), nan),
-        mean_neg=tf.where(has_neg, sum_neg / tf.maximum(n_neg, 1.0), nan),
+        hardest_pos=xp.where(has_pos, values[..., 0], _NAN),
+        hardest_neg=xp.where(has_neg, values[..., 1], _NAN),
+        easiest_pos=xp.where(has_pos, values[..., 2], _NAN),
+        easiest_neg=xp.where(has_neg, values[..., 3], _NAN),
+        mean_pos=xp.where(has_pos, sum_pos / xp.maximum(n_pos, 1.0), _NAN),
+        mean_neg=xp.where(has_neg, sum_neg / xp.maximum(n_neg, 1.0), _NAN),
         has_pos=has_pos,
         has_neg=has_neg,
-        hardest_pos_index=tf.where(has_pos, picks[0], -1),
-        hardest_neg_index=tf.where(has_neg, picks[1], -1),
+        hardest_pos_index=xp.where(has_pos, picks[0], -1),
+        hardest_neg_index=xp.where(has_neg, picks[1], -1),
     )
 
 
@@ -330,40 +326,38 @@ def cross_extremes(
     distance the nearest negative is the hardest one, for a similarity the
     nearest positive is the hardest one.
     """
-    if a.dtype in (tf.float16, tf.bfloat16):
-        a, c = tf.cast(a, tf.float32), tf.cast(c, tf.float32)
-    ranking = _ranking(distance, a[None], c[None], c_mask[None])
-    inf = tf.constant(float("inf"), ranking.dtype)
-    usable = tf.not_equal(a_ids[:, None], c_ids[None, :]) & c_mask[None, :]
-    same = tf.equal(a_labels[:, None], c_labels[None, :])
+    xp = namespace(a)
+    a, c = xp.float32(a), xp.float32(c)
+    ranking = _ranking(xp, distance, a[None], c[None], c_mask[None])
+    usable = xp.not_equal(a_ids[:, None], c_ids[None, :]) & c_mask[None, :]
+    same = xp.equal(a_labels[:, None], c_labels[None, :])
     pos = (same & usable)[None]
     neg = (~same & usable)[None]
     if distance.is_similarity:
-        third = tf.argmax(tf.where(neg, ranking, -inf), -1, output_type=tf.int32)
+        third = xp.argmax(xp.where(neg, ranking, -_INF))
     else:
-        third = tf.argmin(tf.where(pos, ranking, inf), -1, output_type=tf.int32)
-    picks = tf.stack(
+        third = xp.argmin(xp.where(pos, ranking, _INF))
+    picks = xp.stack(
         [
-            tf.argmax(tf.where(pos, ranking, -inf), -1, output_type=tf.int32),
-            tf.argmin(tf.where(neg, ranking, inf), -1, output_type=tf.int32),
+            xp.argmax(xp.where(pos, ranking, -_INF)),
+            xp.argmin(xp.where(neg, ranking, _INF)),
             third,
-        ],
-        axis=-1,
+        ]
     )
-    values = _measured(distance, a[None], c[None], picks, ranking)[0]
+    values = _measured(xp, distance, a[None], c[None], picks, ranking)[0]
     picks = picks[0]
-    has_pos = tf.reduce_any(pos[0], axis=-1)
-    has_neg = tf.reduce_any(neg[0], axis=-1)
-    max_pos = tf.where(has_pos, values[:, 0], -inf)
-    min_neg = tf.where(has_neg, values[:, 1], inf)
+    has_pos = xp.any(pos[0])
+    has_neg = xp.any(neg[0])
+    max_pos = xp.where(has_pos, values[:, 0], -_INF)
+    min_neg = xp.where(has_neg, values[:, 1], _INF)
     if distance.is_similarity:
         nearest_pos = max_pos
-        nearest_neg = tf.where(has_neg, values[:, 2], -inf)
-        nearest_neg_index = tf.where(has_neg, picks[:, 2], -1)
+        nearest_neg = xp.where(has_neg, values[:, 2], -_INF)
+        nearest_neg_index = xp.where(has_neg, picks[:, 2], -1)
     else:
-        nearest_pos = tf.where(has_pos, values[:, 2], inf)
+        nearest_pos = xp.where(has_pos, values[:, 2], _INF)
         nearest_neg = min_neg
-        nearest_neg_index = tf.where(has_neg, picks[:, 1], -1)
+        nearest_neg_index = xp.where(has_neg, picks[:, 1], -1)
     return CrossStats(
         max_pos=max_pos,
         min_neg=min_neg,
@@ -376,38 +370,29 @@ def cross_extremes(
 def batch_stats(anchors: AnchorStats, mask: Any) -> BatchStats:
     """Summarise each batch: max_pos, min_neg, gap, margin and anchor counts."""
     hp, hn = anchors.hardest_pos, anchors.hardest_neg
-    inf = tf.constant(float("inf"), hp.dtype)
-    nan = tf.constant(float("nan"), hp.dtype)
-    has_pos_pair = tf.reduce_any(anchors.has_pos, axis=-1)
-    has_neg_pair = tf.reduce_any(anchors.has_neg, axis=-1)
+    xp = namespace(hp)
+    has_pos_pair = xp.any(anchors.has_pos)
+    has_neg_pair = xp.any(anchors.has_neg)
     usable = has_pos_pair & has_neg_pair
 
-    max_pos = tf.reduce_max(tf.where(anchors.has_pos, hp, -inf), axis=-1)
-    min_neg = tf.reduce_min(tf.where(anchors.has_neg, hn, inf), axis=-1)
-    margin = tf.where(usable, min_neg - max_pos, nan)
+    max_pos = xp.max(xp.where(anchors.has_pos, hp, -_INF))
+    min_neg = xp.min(xp.where(anchors.has_neg, hn, _INF))
+    margin = xp.where(usable, min_neg - max_pos, _NAN)
     both = anchors.has_pos & anchors.has_neg
-
-    def count(flags: Any) -> Any:
-        return tf.reduce_sum(tf.cast(flags, tf.int64), axis=-1)
-
-    def total(values: Any, flags: Any) -> Any:
-        wide = tf.cast(tf.where(flags, values, 0.0), tf.float64)
-        return tf.reduce_sum(wide, axis=-1)
-
     return BatchStats(
-        max_pos=tf.where(has_pos_pair, max_pos, nan),
-        min_neg=tf.where(has_neg_pair, min_neg, nan),
-        gap=tf.abs(margin),
+        max_pos=xp.where(has_pos_pair, max_pos, _NAN),
+        min_neg=xp.where(has_neg_pair, min_neg, _NAN),
+        gap=xp.abs(margin),
         margin=margin,
         has_pos_pair=has_pos_pair,
         has_neg_pair=has_neg_pair,
-        anchors=count(mask),
-        anchors_with_pos=count(anchors.has_pos),
-        anchors_with_neg=count(anchors.has_neg),
-        anchors_with_both=count(both),
-        violations=count(both & (hn < hp)),
-        sum_hardest_pos=total(hp, anchors.has_pos),
-        sum_hardest_neg=total(hn, anchors.has_neg),
+        anchors=xp.count(mask),
+        anchors_with_pos=xp.count(anchors.has_pos),
+        anchors_with_neg=xp.count(anchors.has_neg),
+        anchors_with_both=xp.count(both),
+        violations=xp.count(both & (hn < hp)),
+        sum_hardest_pos=xp.total64(xp.where(anchors.has_pos, hp, 0.0)),
+        sum_hardest_neg=xp.total64(xp.where(anchors.has_neg, hn, 0.0)),
     )
 
 
@@ -422,27 +407,28 @@ def aggregate_anchors(values: Any, present: Any, how: str) -> tuple[Any, Any]:
     Returns:
         ``(value, valid)``, each ``[K]``; ``value`` is NaN where no anchor counts.
     """
-    valid = tf.reduce_any(present, axis=-1)
-    inf = tf.constant(float("inf"), values.dtype)
+    xp = namespace(values)
+    valid = xp.any(present)
     if how in ("mean", "avg"):
-        count = tf.reduce_sum(tf.cast(present, values.dtype), axis=-1)
-        total = tf.reduce_sum(tf.where(present, values, 0.0), axis=-1)
-        value = total / tf.maximum(count, 1.0)
+        count = xp.sum(xp.as_float(present))
+        total = xp.sum(xp.where(present, values, 0.0))
+        value = total / xp.maximum(count, 1.0)
     elif how == "max":
-        value = tf.reduce_max(tf.where(present, values, -inf), axis=-1)
+        value = xp.max(xp.where(present, values, -_INF))
     elif how == "min":
-        value = tf.reduce_min(tf.where(present, values, inf), axis=-1)
+        value = xp.min(xp.where(present, values, _INF))
     else:
-        value = tf.reduce_sum(tf.where(present, values, 0.0), axis=-1)
-    return tf.where(valid, value, float("nan")), valid
+        value = xp.sum(xp.where(present, values, 0.0))
+    return xp.where(valid, value, _NAN), valid
 
 
 def invalid_rows(distance: Distance, x: Any, mask: Any) -> Any:
     """``[K, B]`` booleans: rows the distance is undefined for (zero vector, zero
     variance) or that hold a non-finite value."""
-    bad = ~tf.reduce_all(tf.math.is_finite(x), axis=-1)
+    xp = namespace(x)
+    bad = ~xp.all(xp.is_finite(x))
     if distance.needs_direction:
-        bad |= tf.reduce_all(tf.equal(x, 0.0), axis=-1)
+        bad |= xp.all(xp.equal(x, 0.0))
     if distance.needs_variance:
-        bad |= tf.equal(tf.reduce_max(x, -1), tf.reduce_min(x, -1))
+        bad |= xp.equal(xp.max(x), xp.min(x))
     return bad & mask

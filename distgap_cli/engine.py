@@ -1,10 +1,11 @@
 """``distgap eval`` in batch mode: read, batch, run the core, accumulate.
 
-Input is read and batched on a background thread (:class:`ReadAhead`) that starts
-before TensorFlow is imported. Batches are stacked up to :func:`stack_size` at a
-time into one call of a compiled TensorFlow function with a fixed signature (a
-short stack, at the end or from a slow stream, is padded with masked rows), so the
-function is traced once per run and the per-call overhead is shared.
+Input is read and batched on a background thread (:class:`ReadAhead`) while the
+core computes. Batches are stacked up to :func:`stack_size` at a time into one
+call (a short stack, at the end or from a slow stream, is padded with masked
+rows): on the CPU one call is cut into parts for NumPy threads, on a GPU it is
+one call of a compiled TensorFlow function with a fixed signature, traced once
+per run. Either way the per-call overhead is shared by many batches.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from distgap_cli import batching
 from distgap_cli.accumulate import GapAccumulator
-from distgap_cli.backend import resolve_device
+from distgap_cli.backend import runner
 from distgap_cli.breakdown import PerAnchor
 from distgap_cli.distances import Distance
 from distgap_cli.errors import NoResultError
@@ -34,7 +35,7 @@ _PAIRS_PER_CALL = 1 << 24
 # ...and no more than this many bytes of embeddings (d 768: about 10,900 rows).
 _BYTES_PER_CALL = 1 << 25
 # Bytes of stacks the reader may hold ready ahead of the computation. It fills
-# them while TensorFlow is being imported, which takes seconds.
+# them while the core computes, and while TensorFlow is imported (GPU runs).
 _READ_AHEAD_BYTES = 1 << 28
 # Seconds to wait for the first batch before importing TensorFlow regardless.
 _FIRST_BATCH_WAIT = 1.0
@@ -117,16 +118,24 @@ def stack_size(batch_size: int, dim: int) -> int:
 
 
 class BatchEvaluator:
-    """A compiled function from a stack of batches to per-batch statistics."""
+    """The core over a stack of batches, to per-batch statistics.
+
+    Args:
+        distances: what to compute.
+        device: a ``--device`` value.
+        per_anchor: also return each anchor's hardest pairs.
+        library: ``auto`` (NumPy on the CPU, TensorFlow on a GPU) or
+            ``tensorflow`` (TensorFlow on the CPU too).
+    """
 
     def __init__(
-        self, distances: list[Distance], device: str, per_anchor: bool = False
+        self,
+        distances: list[Distance],
+        device: str,
+        per_anchor: bool = False,
+        library: str = "auto",
     ) -> None:
         from distgap_cli import core
-
-        self.distances = distances
-        self.device = resolve_device(device)
-        tf = core.tf
 
         def evaluate(labels: Any, x: Any, mask: Any) -> dict[str, Any]:
             out = {}
@@ -141,18 +150,22 @@ class BatchEvaluator:
                     )
             return out
 
-        self._fn = tf.function(evaluate, reduce_retracing=True, autograph=False)
-        self._tf = tf
+        self.distances = distances
+        self._run = runner(
+            evaluate,
+            device,
+            3,
+            pairs=lambda labels: labels.shape[1] ** 2,
+            library=library,
+        )
+        self.device = self._run.device
 
     def __call__(
         self, labels: np.ndarray, x: np.ndarray, mask: np.ndarray
     ) -> dict[Distance, dict[str, np.ndarray]]:
         """Per-batch statistics of a ``[K, B]`` / ``[K, B, d]`` stack."""
-        with self._tf.device(self.device):
-            out = self._fn(labels, x, mask)
-        return {
-            d: {k: v.numpy() for k, v in out[d.value].items()} for d in self.distances
-        }
+        out = self._run(labels, x, mask)
+        return {d: out[d.value] for d in self.distances}
 
 
 @dataclass
@@ -388,9 +401,9 @@ def evaluate(
     accumulators = {d: GapAccumulator() for d in settings.distances}
     ahead = ReadAhead(batches, weigh=_batch_bytes, budget=_READ_AHEAD_BYTES)
     try:
-        # The first batch is read before TensorFlow is imported, so that bad input
-        # fails fast; the reader goes on during the import. A stream that is slow
-        # to fill a batch does not hold the import (and a device error) back.
+        # The first batch is read before TensorFlow may be imported (a GPU run),
+        # so that bad input fails fast; the reader goes on during the import. A
+        # stream slow to fill a batch does not hold a device error back.
         first = ahead.get(_FIRST_BATCH_WAIT)
         if first is ReadAhead.END:
             raise NoResultError(_nothing_valid(reader))

@@ -78,37 +78,39 @@ class AnchorTable:
 
 
 class ExactEvaluator:
-    """A compiled tile function for every selected distance at once."""
+    """One tile of anchors against one tile of candidates, every selected
+    distance at once (``library`` as for the batch-mode evaluator)."""
 
-    def __init__(self, distances: list[Distance], device: str, dim: int) -> None:
+    def __init__(
+        self, distances: list[Distance], device: str, dim: int, library: str = "auto"
+    ) -> None:
         from distgap_cli import core
-        from distgap_cli.backend import resolve_device
+        from distgap_cli.backend import runner
 
-        tf = core.tf
-        self._tf = tf
-        self.device = resolve_device(device)
-        self.distances = distances
-        spec = [
-            tf.TensorSpec([ANCHOR_TILE, dim], tf.float32),
-            tf.TensorSpec([ANCHOR_TILE], tf.int64),
-            tf.TensorSpec([ANCHOR_TILE], tf.int64),
-            tf.TensorSpec([CANDIDATE_TILE, dim], tf.float32),
-            tf.TensorSpec([CANDIDATE_TILE], tf.int64),
-            tf.TensorSpec([CANDIDATE_TILE], tf.int64),
-            tf.TensorSpec([CANDIDATE_TILE], tf.bool),
-        ]
+        def signature(tf: Any) -> list[Any]:
+            return [
+                tf.TensorSpec([ANCHOR_TILE, dim], tf.float32),
+                tf.TensorSpec([ANCHOR_TILE], tf.int64),
+                tf.TensorSpec([ANCHOR_TILE], tf.int64),
+                tf.TensorSpec([CANDIDATE_TILE, dim], tf.float32),
+                tf.TensorSpec([CANDIDATE_TILE], tf.int64),
+                tf.TensorSpec([CANDIDATE_TILE], tf.int64),
+                tf.TensorSpec([CANDIDATE_TILE], tf.bool),
+            ]
 
         def tile(*args: Any) -> dict[str, Any]:
             return {d.value: core.cross_extremes(d, *args)._asdict() for d in distances}
 
-        self._fn = tf.function(tile, input_signature=spec, autograph=False)
+        self.distances = distances
+        self._run = runner(
+            tile, device, 3, lambda a: CANDIDATE_TILE, signature, library
+        )
+        self.device = self._run.device
 
     def __call__(self, *args: np.ndarray) -> dict[Distance, dict[str, np.ndarray]]:
-        with self._tf.device(self.device):
-            out = self._fn(*args)
-        return {
-            d: {k: v.numpy() for k, v in out[d.value].items()} for d in self.distances
-        }
+        """Extremes of the anchor tile, ``[ANCHOR_TILE]`` arrays per distance."""
+        out = self._run(*args)
+        return {d: out[d.value] for d in self.distances}
 
 
 def _padded(array: np.ndarray, size: int, fill: Any = 0) -> np.ndarray:

@@ -17,10 +17,11 @@ from distgap_cli.reading import Reader
 
 SCHEMA = "distgap.inspect/1"
 
-# Rough costs on a 2-core x86-64 machine, from bench/run.py: start-up (importing
-# TensorFlow, tracing) and rows per second per distance at d = 128, batch 256.
-_STARTUP_SECONDS = 5.0
-_ROWS_PER_SECOND_AT_128 = 400_000.0
+# Rough costs on a 2-core x86-64 machine, from bench/run.py: start-up on the CPU
+# (NumPy; a GPU adds TensorFlow's import, seconds) and rows per second per
+# distance at d = 128, batch 256.
+_STARTUP_SECONDS = 0.5
+_ROWS_PER_SECOND_AT_128 = 450_000.0
 
 
 def estimate_seconds(rows: int, dim: int, batch_size: int, distances: int) -> float:

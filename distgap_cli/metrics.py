@@ -24,10 +24,11 @@ from typing import Any
 
 from distgap_cli import core
 from distgap_cli.backend import keras as _load_keras
+from distgap_cli.backend import tensorflow as _load_tensorflow
 from distgap_cli.distances import Distance, canonical, valid_names
 from distgap_cli.errors import UsageError
 
-tf = core.tf
+tf = _load_tensorflow()
 keras = _load_keras()
 
 REDUCTIONS = ("mean", "last", "min", "max")

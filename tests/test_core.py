@@ -11,26 +11,33 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from distgap_cli import arrays as array_ops
 from distgap_cli import core
+from distgap_cli.backend import tensorflow
 from distgap_cli.distances import Distance, canonical, parse_selection, valid_names
 from distgap_cli.errors import UsageError
 
 from .conftest import HARDNEG_X, HARDNEG_Y, ROOT
 from .reference import batch as reference_batch
 
-tf = core.tf
+tf = tensorflow()
 DISTANCES = [d.value for d in Distance]
+# The core runs on NumPy arrays (the command line on the CPU) and on TensorFlow
+# tensors (the Keras metrics, a GPU); the same tests hold for both.
+LIBRARIES = ("numpy", "tensorflow")
 
 
-def run(name, labels, embeddings, mask=None):
+def run(name, labels, embeddings, mask=None, library="numpy"):
     """One batch through the core; returns per-anchor and batch results as numpy."""
     x = np.asarray(embeddings, dtype=np.float32)[None]
     y = np.asarray(labels, dtype=np.int64).reshape(1, -1)
     m = np.ones(y.shape, bool) if mask is None else np.asarray(mask, bool)[None]
-    anchors = core.anchor_stats(canonical(name), tf.constant(y), tf.constant(x), m)
-    stats = core.batch_stats(anchors, tf.constant(m))
-    out = {k: v.numpy()[0] for k, v in stats._asdict().items()}
-    out.update({k: v.numpy()[0] for k, v in anchors._asdict().items()})
+    if library == "tensorflow":
+        y, x, m = tf.constant(y), tf.constant(x), tf.constant(m)
+    anchors = core.anchor_stats(canonical(name), y, x, m)
+    stats = core.batch_stats(anchors, m)
+    out = {k: np.asarray(v)[0] for k, v in stats._asdict().items()}
+    out.update({k: np.asarray(v)[0] for k, v in anchors._asdict().items()})
     return out
 
 
@@ -41,11 +48,12 @@ def _reference_cases():
     return json.loads(path.read_text())["cases"]
 
 
-def test_reference_cases_match_exact_and_tfsim():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_reference_cases_match_exact_and_tfsim(library):
     cases = _reference_cases()
     assert len(cases) == 60
     for case in cases:
-        got = run(case["distance"], case["labels"], case["embeddings"])
+        got = run(case["distance"], case["labels"], case["embeddings"], library=library)
         exact = case["exact"]
         big = case["scale"] == "big" and canonical(case["distance"]) in (
             Distance.EUCLIDEAN,
@@ -78,7 +86,8 @@ def test_reference_cases_match_exact_and_tfsim():
 
 
 @pytest.mark.parametrize("name", DISTANCES)
-def test_matches_double_loop_on_random_batches(name):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_matches_double_loop_on_random_batches(library, name):
     rng = np.random.default_rng(7)
     for trial in range(4):
         n, d = rng.integers(3, 40), rng.integers(2, 20)
@@ -86,7 +95,7 @@ def test_matches_double_loop_on_random_batches(name):
         x = x.astype(np.float32)
         y = rng.integers(0, max(2, n // 3), size=n)
         want = reference_batch(name, y, x.astype(np.float64))
-        got = run(name, y, x)
+        got = run(name, y, x, library=library)
         for key in ("max_pos", "min_neg", "gap", "margin"):
             if math.isnan(want[key]):
                 assert math.isnan(got[key]), (trial, key)
@@ -116,8 +125,9 @@ def test_matches_double_loop_on_random_batches(name):
         ("manhattan", 7, 2, 5),
     ],
 )
-def test_c1_hardest_negative_is_minimum(name, max_pos, min_neg, gap):
-    got = run(name, HARDNEG_Y, HARDNEG_X)
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_c1_hardest_negative_is_minimum(library, name, max_pos, min_neg, gap):
+    got = run(name, HARDNEG_Y, HARDNEG_X, library=library)
     assert got["max_pos"] == pytest.approx(max_pos)
     assert got["min_neg"] == pytest.approx(min_neg)
     assert got["gap"] == pytest.approx(gap)
@@ -130,9 +140,10 @@ def test_c1_hardest_negative_is_minimum(name, max_pos, min_neg, gap):
     [([0, 0, 0, 0], True, False), ([0, 1, 2, 3], False, True)],
 )
 @pytest.mark.parametrize("name", DISTANCES)
-def test_c2_degenerate_batches_have_no_gap(name, labels, has_pos, has_neg):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_c2_degenerate_batches_have_no_gap(library, name, labels, has_pos, has_neg):
     x = [[0.5, 0.1], [1, 0.2], [0.3, 1], [1, 1]]
-    got = run(name, labels, x)
+    got = run(name, labels, x, library=library)
     assert bool(got["has_pos_pair"]) is has_pos
     assert bool(got["has_neg_pair"]) is has_neg
     assert math.isnan(got["gap"]) and math.isnan(got["margin"])
@@ -145,14 +156,17 @@ def test_c2_degenerate_batches_have_no_gap(name, labels, has_pos, has_neg):
 
 
 # Shared case C4: true cosine distance on raw rows.
-def test_c4_cosine_on_raw_rows_is_scale_free():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_c4_cosine_on_raw_rows_is_scale_free(library):
     x = np.array([[1, 0], [0.8, 0.6], [0, 0.5], [-0.6, 0.8]])
-    got = run("cosine", [0, 0, 1, 1], x)
+    got = run("cosine", [0, 0, 1, 1], x, library=library)
     assert got["max_pos"] == pytest.approx(0.2, abs=1e-6)
     assert got["min_neg"] == pytest.approx(0.4, abs=1e-6)
     assert got["gap"] == pytest.approx(0.2, abs=1e-6)
     scaled = x * np.array([[3.0], [0.01], [250.0], [1.0]])
-    assert run("cosine", [0, 0, 1, 1], scaled)["gap"] == pytest.approx(0.2, abs=1e-6)
+    assert run("cosine", [0, 0, 1, 1], scaled, library=library)["gap"] == pytest.approx(
+        0.2, abs=1e-6
+    )
 
 
 # Shared case C5: cancellation in float32 distances.
@@ -174,9 +188,10 @@ def c5_rows():
         ("manhattan", None, None, 0.4544220),
     ],
 )
-def test_c5_no_cancellation(name, max_pos, min_neg, gap):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_c5_no_cancellation(library, name, max_pos, min_neg, gap):
     x, y = c5_rows()
-    got = run(name, y, x)
+    got = run(name, y, x, library=library)
     assert got["gap"] == pytest.approx(gap, abs=1e-5)
     if max_pos is not None:
         assert got["max_pos"] == pytest.approx(max_pos, abs=1e-5)
@@ -194,45 +209,52 @@ def test_pairwise_never_negative_and_self_distance_zero():
         assert np.isfinite(matrix).all() and (matrix >= 0).all(), name
 
 
-def test_snr_near_duplicates_are_guarded():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_snr_near_duplicates_are_guarded(library):
     rng = np.random.default_rng(3)
     base = (rng.normal(size=16) * 50 + 300).astype(np.float32)
     x = np.stack([base, base + 1e-3, base + rng.normal(size=16).astype(np.float32)])
-    got = run("snr", [0, 0, 1], x)
+    got = run("snr", [0, 0, 1], x, library=library)
     want = reference_batch("snr", [0, 0, 1], x.astype(np.float64))
     assert got["max_pos"] == pytest.approx(want["max_pos"], rel=1e-3, abs=1e-12)
     assert got["min_neg"] == pytest.approx(want["min_neg"], rel=1e-5)
 
 
 # Shared case C12: the abs() hides overlap.
-def test_c12_margin_shows_overlap():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_c12_margin_shows_overlap(library):
     rows = np.array(
         [[0.5, 1, 0.5], [0.2, 0.8, 0.4], [0.66, 0.5, 0.34], [0.77, 0.9, 0.92]]
     )
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    got = run("cosine", [1, 1, 2, 2], rows)
+    got = run("cosine", [1, 1, 2, 2], rows, library=library)
     assert got["max_pos"] == pytest.approx(0.0532150, abs=1e-6)
     assert got["min_neg"] == pytest.approx(0.0499945, abs=1e-6)
     assert got["gap"] == pytest.approx(0.0032204, abs=1e-6)
     assert got["margin"] == pytest.approx(-0.0032204, abs=1e-6)
 
 
-def test_mask_leaves_rows_out_as_anchors_and_candidates():
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_mask_leaves_rows_out_as_anchors_and_candidates(library):
     x = np.array([[0.0], [1.0], [3.0], [10.0], [2.5]], np.float32)
     y = [0, 0, 1, 1, 0]
-    got = run("euclidean", y, x, mask=[True, True, True, True, False])
+    got = run("euclidean", y, x, mask=[True, True, True, True, False], library=library)
     assert got["gap"] == pytest.approx(5.0)
     assert math.isnan(got["hardest_pos"][4])
     assert got["anchors"] == 4
 
 
-def test_manhattan_tiles_match_untiled(monkeypatch):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_manhattan_tiles_match_untiled(monkeypatch, library):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 37, 5)).astype(np.float32)
     want = np.abs(x[:, :, None, :] - x[:, None, :, :]).sum(-1)
-    monkeypatch.setattr(core, "_TILE_ELEMENTS", 64)
-    got = core.pairwise(Distance.MANHATTAN, tf.constant(x), tf.ones((2, 37), tf.bool))
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(array_ops, "_TILE_ELEMENTS", 64)
+    mask = np.ones((2, 37), bool)
+    if library == "tensorflow":
+        x, mask = tf.constant(x), tf.constant(mask)
+    got = core.pairwise(Distance.MANHATTAN, x, mask)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_float16_input_is_computed_in_float32():
