@@ -22,7 +22,7 @@ import numpy as np
 
 from distgap_cli import batching
 from distgap_cli.accumulate import GapAccumulator
-from distgap_cli.backend import runner
+from distgap_cli.backend import NumpyRunner, Runner, runner, worker_count
 from distgap_cli.breakdown import PerAnchor
 from distgap_cli.distances import Distance
 from distgap_cli.errors import NoResultError
@@ -107,14 +107,16 @@ class BatchHealth:
         }
 
 
-def stack_size(batch_size: int, dim: int) -> int:
-    """How many batches one compiled call takes: larger stacks share the per-call
+def stack_size(batch_size: int, dim: int, at_least: int = 1) -> int:
+    """How many batches one call takes: larger stacks share the per-call
     overhead (cosine, batch 256, d 128: 505k rows/s at 16 batches a call, 776k at
-    64), bounded so the B x B tensors and the stacked rows stay small."""
+    64), bounded so the B x B tensors and the stacked rows stay small. The B x B
+    bound gives way to ``at_least`` (one batch per CPU thread: NumPy takes the
+    anchors of a large batch a slice at a time, never the whole matrix)."""
     rows = min(_ROWS_PER_CALL, _BYTES_PER_CALL // (4 * max(dim, 1)))
     by_rows = rows // batch_size
     by_pairs = _PAIRS_PER_CALL // (batch_size * batch_size)
-    return max(1, min(by_rows, by_pairs))
+    return max(1, min(by_rows, max(by_pairs, at_least)))
 
 
 class BatchEvaluator:
@@ -151,7 +153,7 @@ class BatchEvaluator:
             return out
 
         self.distances = distances
-        self._run = runner(
+        self._run: Runner = runner(
             evaluate,
             device,
             3,
@@ -159,6 +161,12 @@ class BatchEvaluator:
             library=library,
         )
         self.device = self._run.device
+
+    @property
+    def on_numpy(self) -> bool:
+        """Whether stacks run on NumPy threads: any shape, one batch per thread
+        at least, instead of a compiled function's fixed shape."""
+        return isinstance(self._run, NumpyRunner)
 
     def __call__(
         self, labels: np.ndarray, x: np.ndarray, mask: np.ndarray
@@ -293,14 +301,22 @@ class ReadAhead:
 
 
 def _stacks(
-    ahead: ReadAhead, batch_size: int, patience: float, first: Any = None
+    ahead: ReadAhead,
+    batch_size: int,
+    patience: float,
+    first: Any = None,
+    *,
+    at_least: int = 1,
+    pad: bool = True,
 ) -> Iterator[Stack]:
     """Group the batches ``ahead`` into stacks of :func:`stack_size`.
 
     A stack is cut short when the next batch has not come within ``patience``
     seconds, so that a slow stream is evaluated (and its per-batch lines written)
     as it arrives, not once a whole stack of it has. ``first``, when given, is
-    the batch already taken from ``ahead``. Each stack owns fresh arrays.
+    the batch already taken from ``ahead``. A short stack is padded to the full
+    size with masked batches when ``pad`` (a compiled function's fixed shape).
+    Each stack owns fresh arrays.
     """
     carried = first
     while True:
@@ -309,7 +325,7 @@ def _stacks(
         if batch is ReadAhead.END:
             return
         dim = batch.embeddings.shape[1]
-        k = stack_size(batch_size, dim)
+        k = stack_size(batch_size, dim, at_least)
         group = [batch]
         deadline = time.monotonic() + patience
         while len(group) < k:
@@ -321,7 +337,7 @@ def _stacks(
                 carried = following
                 break
             group.append(following)
-        yield _pack(group, batch_size, k)
+        yield _pack(group, batch_size, k if pad else len(group))
 
 
 def _batch_bytes(batch: batching.Batch) -> int:
@@ -414,7 +430,14 @@ def evaluate(
             first = ahead.get()
             if first is ReadAhead.END:
                 raise NoResultError(_nothing_valid(reader))
-        stacks = _stacks(ahead, settings.batch_size, _PATIENCE, first)
+        stacks = _stacks(
+            ahead,
+            settings.batch_size,
+            _PATIENCE,
+            first,
+            at_least=worker_count() if evaluator.on_numpy else 1,
+            pad=not evaluator.on_numpy,
+        )
         del first  # held by the stacking until used, not for the whole run
         done = 0
         for stack in stacks:

@@ -147,3 +147,18 @@ def test_batches_of_different_dimensions_never_share_a_stack():
 )
 def test_stacks_are_bounded_by_rows_pairs_and_bytes(batch, dim, expected):
     assert stack_size(batch, dim) == expected
+
+
+def test_one_large_batch_per_cpu_thread_at_least():
+    assert stack_size(4096, 128, at_least=2) == 2
+    assert stack_size(4096, 768, at_least=16) == 2  # the bytes bound still holds
+    assert stack_size(256, 128, at_least=2) == 64
+
+
+@pytest.mark.parametrize("pad, shape", [(True, (4096, 4)), (False, (2, 4))])
+def test_short_stacks_are_padded_only_for_a_fixed_shape(pad, shape):
+    parts = [_batch(0), _batch(4)]
+    ahead = ReadAhead(iter(parts), lambda _: 1, 100)
+    (stack,) = _stacks(ahead, 4, patience=5, pad=pad)
+    assert stack.labels.shape == shape and stack.real == 2
+    assert stack.mask[:2].all() and not stack.mask[2:].any()
