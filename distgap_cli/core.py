@@ -77,7 +77,7 @@ def _masked_mean(xp: Any, x: Any, mask: Any) -> Any:
 
 def _squared_distances(xp: Any, z: Any) -> Any:
     """``|z_i - z_j|^2`` through the Gram matrix, clamped at zero."""
-    sq = xp.sum(z * z)
+    sq = xp.squared_norm(z)
     gram = xp.matmul_t(z, z)
     return xp.maximum(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 0.0)
 
@@ -110,7 +110,7 @@ def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
     # snr: var(e_i - e_j) / var(e_i) = |c_i - c_j|^2 / |c_i|^2 for centred rows c;
     # the numerator is translation invariant, so centre c on the batch too.
     numerator = _squared_distances(xp, z - _masked_mean(xp, z, mask))
-    signal = xp.sum(z * z)
+    signal = xp.squared_norm(z)
     return numerator / signal[:, :, None]
 
 
@@ -118,11 +118,11 @@ def _direct(xp: Any, distance: Distance, anchors: Any, partners: Any) -> Any:
     """Distances from ``anchors`` ``[K, B, 1, d]`` to ``partners`` ``[K, B, m, d]``."""
     diff = anchors - partners
     if distance is Distance.COSINE:
-        return xp.minimum(0.5 * xp.sum(diff * diff), 2.0)
+        return xp.minimum(0.5 * xp.squared_norm(diff), 2.0)
     if distance is Distance.EUCLIDEAN:
-        return xp.sqrt(xp.sum(diff * diff))
+        return xp.sqrt(xp.squared_norm(diff))
     if distance is Distance.SQUARED_EUCLIDEAN:
-        return xp.sum(diff * diff)
+        return xp.squared_norm(diff)
     # snr
     return xp.var(diff) / xp.var(anchors)
 
@@ -131,41 +131,54 @@ def _needs_refinement(distance: Distance) -> bool:
     return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
 
 
+def _prepared(xp: Any, distance: Distance, x: Any) -> Any:
+    """The rows :func:`_ranking` and :func:`_measured` take: unit rows for
+    cosine (normalised once here, not once per anchor slice), else ``x``."""
+    return xp.l2_normalize(x) if distance is Distance.COSINE else x
+
+
 def _ranking(xp: Any, distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
     """A ``[K, A, C]`` matrix ordered like the distances along each anchor's row.
+
+    ``a`` and ``c`` are :func:`_prepared` rows.
 
     Cheaper than :func:`pairwise`: terms constant along a row (the anchor's own
     norm, the snr denominator) and monotone maps (square root, ``1 - x``) are left
     out, because only which candidate is hardest matters here; the values of the
     picked pairs are measured directly afterwards. Anchors and candidates are
     shifted by the same vector (the candidates' mean) where translation changes
-    nothing, which keeps the Gram form from cancelling.
+    nothing, which keeps the Gram form from cancelling. When ``a is c`` the
+    products are a Gram matrix, which the namespace may compute faster.
     """
     if distance is Distance.MANHATTAN:
         return xp.manhattan(a, c)
     if distance is Distance.INNER_PRODUCT:
         return xp.matmul_t(a, c)
+    alone = a is c  # every row is an anchor: the products form a Gram matrix
     if distance is Distance.COSINE:
+        if alone:
+            return xp.gram(c, -1.0)
         # Negating the rows rather than the product saves a pass over [K, A, C].
-        return xp.matmul_t(-xp.l2_normalize(a), xp.l2_normalize(c))
+        return xp.matmul_t(-a, c)
     if distance is Distance.SNR:
-        a = a - xp.mean(a, keepdims=True)
         c = c - xp.mean(c, keepdims=True)
+        a = c if alone else a - xp.mean(a, keepdims=True)
     shift = _masked_mean(xp, c, c_mask)
-    za, zc = a - shift, c - shift
-    sq = xp.sum(zc * zc)
-    return sq[:, None, :] - xp.matmul_t(2.0 * za, zc)
+    zc = c - shift
+    sq = xp.squared_norm(zc)
+    if alone:
+        return xp.gram(zc, -2.0, sq[:, None, :])
+    return sq[:, None, :] - xp.matmul_t(2.0 * (a - shift), zc)
 
 
 def _measured(
     xp: Any, distance: Distance, a: Any, c: Any, picks: Any, ranking: Any
 ) -> Any:
     """Distances from each anchor of ``a`` ``[K, A, d]`` to the candidates of
-    ``c`` ``[K, C, d]`` at ``picks`` ``[K, A, m]``, from direct differences."""
+    ``c`` ``[K, C, d]`` (both :func:`_prepared`) at ``picks`` ``[K, A, m]``, from
+    direct differences."""
     if not _needs_refinement(distance):
         return xp.take_last(ranking, picks)
-    if distance is Distance.COSINE:
-        a, c = xp.l2_normalize(a), xp.l2_normalize(c)
     partners = xp.take_rows(c, picks)
     return _direct(xp, distance, a[:, :, None, :], partners)
 
@@ -180,11 +193,10 @@ def _hardest_only(
     on large batches), so that the ``[K, A, B]`` temporaries stay small.
     """
     b = xp.size(labels, 1)
+    x = _prepared(xp, distance, x)
     step = xp.anchor_rows(labels.shape[0], b)
     if step is None or step >= b:
-        picks, values, has_pos, has_neg = _hardest_of(
-            xp, distance, labels, x, mask, 0, b
-        )
+        picks, values, has_pos, has_neg = _hardest_of(xp, distance, labels, x, mask)
     else:
         parts = [
             _hardest_of(xp, distance, labels, x, mask, start, start + step)
@@ -208,24 +220,40 @@ def _hardest_only(
 
 
 def _hardest_of(
-    xp: Any, distance: Distance, labels: Any, x: Any, mask: Any, start: Any, stop: Any
+    xp: Any,
+    distance: Distance,
+    labels: Any,
+    x: Any,
+    mask: Any,
+    start: Any = 0,
+    stop: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
     """Picks ``[K, A, 2]`` (hardest positive, hardest negative) of the anchors
-    ``start:stop`` of each batch, their measured values, and whether each
-    anchor has a positive / a negative."""
-    anchors = x[:, start:stop]
+    ``start:stop`` of each batch (all of them by default), their measured
+    values, and whether each anchor has a positive / a negative."""
+    anchors = x if stop is None else x[:, start:stop]
     ranking = _ranking(xp, distance, anchors, x, mask)
 
     # Candidates that are absent (padding, weight 0) or the anchor itself lose.
+    # The ranking is this call's own temporary: the negatives' scores are
+    # filled into a copy, the positives' into the ranking itself.
     same = xp.equal(labels[:, start:stop, None], labels[:, None, :])
-    present = mask[:, None, :]
-    pos_scores = xp.where(same & present, ranking, -_INF)
+    if xp.known_all(mask):  # the common case: two passes over [K, A, B] saved
+        not_neg, not_pos = same, ~same
+    else:
+        present = mask[:, None, :]
+        not_neg, not_pos = same | ~present, ~(same & present)
+    neg_scores = xp.masked_fill(xp.copy(ranking), not_neg, _INF)
+    pos_scores = xp.masked_fill(ranking, not_pos, -_INF)
     pos_scores = xp.set_diagonal(pos_scores, -_INF, offset=start)
-    neg_scores = xp.where(same | ~present, _INF, ranking)
     picks = xp.stack([xp.argmax(pos_scores), xp.argmin(neg_scores)])
-    found_pos = xp.take_last(pos_scores, picks[..., :1])[..., 0] > -_INF
-    found_neg = xp.take_last(neg_scores, picks[..., 1:])[..., 0] < _INF
-    values = _measured(xp, distance, anchors, x, picks, ranking)
+    pos_value = xp.take_last(pos_scores, picks[..., :1])[..., 0]
+    neg_value = xp.take_last(neg_scores, picks[..., 1:])[..., 0]
+    if _needs_refinement(distance):
+        values = _measured(xp, distance, anchors, x, picks, None)
+    else:  # the ranking holds the distances themselves
+        values = xp.stack([pos_value, neg_value])
+    found_pos, found_neg = pos_value > -_INF, neg_value < _INF
     present_anchors = mask[:, start:stop]
     return picks, values, present_anchors & found_pos, present_anchors & found_neg
 
@@ -268,7 +296,8 @@ def anchor_stats(
         xp.argmin(xp.where(pos, matrix, _INF)),
         xp.argmax(xp.where(neg, matrix, -_INF)),
     ]
-    values = _measured(xp, distance, x, x, xp.stack(picks), matrix)
+    rows = _prepared(xp, distance, x)
+    values = _measured(xp, distance, rows, rows, xp.stack(picks), matrix)
 
     # Anchors without a positive (or negative) get NaN, never a fallback number.
     n_pos = xp.sum(xp.as_float(pos))
@@ -327,7 +356,8 @@ def cross_extremes(
     nearest positive is the hardest one.
     """
     xp = namespace(a)
-    a, c = xp.float32(a), xp.float32(c)
+    a = _prepared(xp, distance, xp.float32(a))
+    c = _prepared(xp, distance, xp.float32(c))
     ranking = _ranking(xp, distance, a[None], c[None], c_mask[None])
     usable = xp.not_equal(a_ids[:, None], c_ids[None, :]) & c_mask[None, :]
     same = xp.equal(a_labels[:, None], c_labels[None, :])

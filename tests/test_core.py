@@ -245,6 +245,35 @@ def test_mask_leaves_rows_out_as_anchors_and_candidates(library):
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
+@pytest.mark.parametrize("name", DISTANCES)
+@pytest.mark.parametrize("sliced", [False, True])
+def test_hardest_only_with_rows_left_out_matches_double_loop(
+    monkeypatch, library, name, sliced
+):
+    # The command line's path (full=False), with masked rows placed where they
+    # would otherwise be the hardest pairs, whole and a few anchors at a time.
+    if sliced:
+        monkeypatch.setattr(array_ops, "_ANCHOR_PAIRS", 2 * 24)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 24, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=(2, 24))
+    mask = rng.random((2, 24)) > 0.3
+    # Left out: far rows in the first batch (they would be the hardest
+    # positives), near copies of a kept row in the second (hardest negatives).
+    x[0, ~mask[0]] *= 4.0
+    x[1, ~mask[1]] = x[1, np.argmax(mask[1])] + 1e-3
+    args = (y, x, mask)
+    if library == "tensorflow":
+        args = tuple(tf.constant(a) for a in args)
+    anchors = core.anchor_stats(canonical(name), *args, full=False)
+    for k in range(2):
+        want = reference_batch(name, y[k], x[k].astype(np.float64), mask[k])
+        for field in ("hardest_pos", "hardest_neg"):
+            got = np.asarray(getattr(anchors, field))[k]
+            np.testing.assert_allclose(got, want[field], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
 def test_manhattan_tiles_match_untiled(monkeypatch, library):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 37, 5)).astype(np.float32)
