@@ -137,6 +137,13 @@ def _prepared(xp: Any, distance: Distance, x: Any) -> Any:
     return xp.l2_normalize(x) if distance is Distance.COSINE else x
 
 
+def prepared_rows(distance: Distance, x: Any) -> Any:
+    """``x`` as :func:`cross_extremes` works on it (float32; unit rows for
+    cosine), for a caller that passes the same candidates many times."""
+    xp = namespace(x)
+    return _prepared(xp, distance, xp.float32(x))
+
+
 def _ranking(xp: Any, distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
     """A ``[K, A, C]`` matrix ordered like the distances along each anchor's row.
 
@@ -345,6 +352,7 @@ def cross_extremes(
     c_labels: Any,
     c_ids: Any,
     c_mask: Any,
+    prepared: Any = None,
 ) -> CrossStats:
     """Hardest and nearest positive and negative of anchors among candidates.
 
@@ -354,30 +362,40 @@ def cross_extremes(
     ``c_mask``. Indices point into ``c``. Three passes pick the pairs: for a
     distance the nearest negative is the hardest one, for a similarity the
     nearest positive is the hardest one.
+
+    ``has_pos`` and ``has_neg`` come from the picked scores: a pick that is
+    still at the fill value means no candidate of that kind. ``prepared``, if
+    given, is :func:`prepared_rows` of ``c``, made once for many anchor tiles.
     """
     xp = namespace(a)
     a = _prepared(xp, distance, xp.float32(a))
-    c = _prepared(xp, distance, xp.float32(c))
+    c = prepared_rows(distance, c) if prepared is None else prepared
     ranking = _ranking(xp, distance, a[None], c[None], c_mask[None])
-    usable = xp.not_equal(a_ids[:, None], c_ids[None, :]) & c_mask[None, :]
+    usable = xp.not_equal(a_ids[:, None], c_ids[None, :])
+    if not xp.known_all(c_mask):
+        usable &= c_mask[None, :]
     same = xp.equal(a_labels[:, None], c_labels[None, :])
-    pos = (same & usable)[None]
-    neg = (~same & usable)[None]
+    not_pos = (~(same & usable))[None]
+    not_neg = (same | ~usable)[None]
+    # Scores filled into copies of the ranking, the last into the ranking itself.
+    pos_high = xp.masked_fill(xp.copy(ranking), not_pos, -_INF)
+    neg_low = xp.masked_fill(xp.copy(ranking), not_neg, _INF)
     if distance.is_similarity:
-        third = xp.argmax(xp.where(neg, ranking, -_INF))
+        third = xp.masked_fill(ranking, not_neg, -_INF)
+        picks = xp.stack([xp.argmax(pos_high), xp.argmin(neg_low), xp.argmax(third)])
     else:
-        third = xp.argmin(xp.where(pos, ranking, _INF))
-    picks = xp.stack(
-        [
-            xp.argmax(xp.where(pos, ranking, -_INF)),
-            xp.argmin(xp.where(neg, ranking, _INF)),
-            third,
-        ]
-    )
-    values = _measured(xp, distance, a[None], c[None], picks, ranking)[0]
+        third = xp.masked_fill(ranking, not_pos, _INF)
+        picks = xp.stack([xp.argmax(pos_high), xp.argmin(neg_low), xp.argmin(third)])
+    scores = [
+        xp.take_last(s, picks[..., i : i + 1])[0, :, 0]
+        for i, s in enumerate((pos_high, neg_low, third))
+    ]
+    has_pos, has_neg = scores[0] > -_INF, scores[1] < _INF
+    if _needs_refinement(distance):
+        values = _measured(xp, distance, a[None], c[None], picks, None)[0]
+    else:  # the ranking holds the distances themselves
+        values = xp.stack(scores)
     picks = picks[0]
-    has_pos = xp.any(pos[0])
-    has_neg = xp.any(neg[0])
     max_pos = xp.where(has_pos, values[:, 0], -_INF)
     min_neg = xp.where(has_neg, values[:, 1], _INF)
     if distance.is_similarity:

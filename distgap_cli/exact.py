@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from distgap_cli import core
 from distgap_cli.batching import Spill
 from distgap_cli.distances import Distance
 from distgap_cli.errors import NoResultError
@@ -84,7 +85,6 @@ class ExactEvaluator:
     def __init__(
         self, distances: list[Distance], device: str, dim: int, library: str = "auto"
     ) -> None:
-        from distgap_cli import core
         from distgap_cli.backend import runner
 
         def signature(tf: Any) -> list[Any]:
@@ -96,10 +96,18 @@ class ExactEvaluator:
                 tf.TensorSpec([CANDIDATE_TILE], tf.int64),
                 tf.TensorSpec([CANDIDATE_TILE], tf.int64),
                 tf.TensorSpec([CANDIDATE_TILE], tf.bool),
+                *[tf.TensorSpec([CANDIDATE_TILE, dim], tf.float32) for _ in distances],
             ]
 
         def tile(*args: Any) -> dict[str, Any]:
-            return {d.value: core.cross_extremes(d, *args)._asdict() for d in distances}
+            # The last arguments: the candidates prepared for each distance.
+            a, a_labels, a_ids, c, c_labels, c_ids, c_mask = args[:7]
+            return {
+                d.value: core.cross_extremes(
+                    d, a, a_labels, a_ids, c, c_labels, c_ids, c_mask, prepared=ready
+                )._asdict()
+                for d, ready in zip(distances, args[7:], strict=True)
+            }
 
         self.distances = distances
         self._run = runner(
@@ -108,8 +116,14 @@ class ExactEvaluator:
         self.device = self._run.device
 
     def __call__(self, *args: np.ndarray) -> dict[Distance, dict[str, np.ndarray]]:
-        """Extremes of the anchor tile, ``[ANCHOR_TILE]`` arrays per distance."""
-        out = self._run(*args)
+        """Extremes of the anchor tile, ``[ANCHOR_TILE]`` arrays per distance.
+
+        The candidates are prepared here, once, rather than in every part of
+        the anchor tile (on the CPU, normalising them for cosine cost 7 % of a
+        part)."""
+        candidates = args[3]
+        prepared = [core.prepared_rows(d, candidates) for d in self.distances]
+        out = self._run(*args, *prepared)
         return {d: out[d.value] for d in self.distances}
 
 
