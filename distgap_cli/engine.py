@@ -11,6 +11,7 @@ per run. Either way the per-call overhead is shared by many batches.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import threading
 import time
@@ -78,6 +79,18 @@ class EvalResult:
     anchors: dict[Distance, PerAnchor] | None = None
 
 
+def _distinct_labels(stack: Stack) -> np.ndarray:
+    """How many classes each real batch of ``stack`` holds."""
+    labels = stack.labels[: stack.real]
+    width = labels.shape[1]
+    kept = np.arange(width) < stack.sizes[:, None]
+    # Rows past a batch's size sort last; among its first `size` sorted labels,
+    # each change of value is one more class.
+    ordered = np.sort(np.where(kept, labels, np.iinfo(labels.dtype).max), axis=1)
+    changes = (ordered[:, 1:] != ordered[:, :-1]) & kept[:, 1:]
+    return 1 + np.count_nonzero(changes, axis=1)
+
+
 class BatchHealth:
     """Whether batches can have a gap at all: rows per class, anchors with pairs."""
 
@@ -90,10 +103,8 @@ class BatchHealth:
 
     def add(self, stack: Stack, stats: dict[str, np.ndarray]) -> None:
         """Count the real batches of ``stack``."""
-        for i in range(stack.real):
-            labels = stack.labels[i, : stack.sizes[i]]
-            self.batches += 1
-            self.items_per_class += len(labels) / len(np.unique(labels))
+        self.batches += stack.real
+        self.items_per_class += float(np.sum(stack.sizes / _distinct_labels(stack)))
         self.anchors += int(stats["anchors"].sum())
         self.with_pos += int(stats["anchors_with_pos"].sum())
         self.with_neg += int(stats["anchors_with_neg"].sum())
@@ -287,6 +298,11 @@ class ReadAhead:
             raise error
         return item
 
+    def has_ready(self) -> bool:
+        """Whether :meth:`get` would return at once."""
+        with self._changed:
+            return bool(self._ready)
+
     def __iter__(self) -> Iterator[Any]:
         while (item := self.get()) is not self.END:
             yield item
@@ -338,6 +354,30 @@ def _stacks(
                 break
             group.append(following)
         yield _pack(group, batch_size, k if pad else len(group))
+
+
+def _computed(
+    stacks: Iterator[Stack], evaluator: BatchEvaluator, ahead: ReadAhead
+) -> Iterator[tuple[Stack, dict[Distance, dict[str, np.ndarray]]]]:
+    """Each stack with its statistics, in order.
+
+    A stack's call runs on a thread of its own while the caller takes the
+    previous stack's results and the next stack is packed, so the cores never
+    wait for that work. When no batch is ready to pack (a slow stream), the
+    stack's results are handed over at once rather than held for the next one.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1, "distgap-call") as caller:
+        pending: tuple[Stack, concurrent.futures.Future[Any]] | None = None
+        for stack in stacks:
+            future = caller.submit(evaluator, stack.labels, stack.x, stack.mask)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (stack, future)
+            if not ahead.has_ready():
+                yield stack, future.result()
+                pending = None
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def _batch_bytes(batch: batching.Batch) -> int:
@@ -440,8 +480,7 @@ def evaluate(
         )
         del first  # held by the stacking until used, not for the whole run
         done = 0
-        for stack in stacks:
-            stats = evaluator(stack.labels, stack.x, stack.mask)
+        for stack, stats in _computed(stacks, evaluator, ahead):
             real = {
                 d: {name: v[: stack.real] for name, v in values.items()}
                 for d, values in stats.items()

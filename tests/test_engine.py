@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distgap_cli.batching import Batch
-from distgap_cli.engine import ReadAhead, _stacks, stack_size
+from distgap_cli.engine import ReadAhead, Stack, _distinct_labels, _stacks, stack_size
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -162,3 +162,19 @@ def test_short_stacks_are_padded_only_for_a_fixed_shape(pad, shape):
     (stack,) = _stacks(ahead, 4, patience=5, pad=pad)
     assert stack.labels.shape == shape and stack.real == 2
     assert stack.mask[:2].all() and not stack.mask[2:].any()
+
+
+def test_distinct_labels_per_batch_match_unique():
+    # Batch health counts the classes of each real batch of a stack at once;
+    # rows past a batch's size, and the largest int64 label, must not confuse it.
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        k, width = rng.integers(1, 5), rng.integers(1, 9)
+        labels = rng.integers(0, 4, (k, width))
+        if trial % 7 == 0:
+            labels[0, 0] = np.iinfo(np.int64).max
+        real = rng.integers(1, k + 1)
+        sizes = rng.integers(1, width + 1, real)
+        stack = Stack(labels, None, None, real, sizes, None, None, None)
+        want = [len(np.unique(labels[i, : sizes[i]])) for i in range(real)]
+        assert _distinct_labels(stack).tolist() == want
