@@ -11,7 +11,7 @@ product kernels and summation orders).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,6 +24,22 @@ _ANCHOR_PAIRS = 1 << 19
 _SYMMETRIC_ROWS = 512
 # l2_normalize's floor on the squared norm, TensorFlow's default.
 _NORM_EPSILON = 1e-12
+# Arrays smaller than this go to np.where as they are (see NumpyOps.where).
+_SMALL = 1 << 16
+# Same-class pairs are searched through index lists while they are at most this
+# share of all anchor-candidate pairs, and through masks beyond it.
+_PAIR_SHARE = 0.125
+
+
+class ClassPairs(NamedTuple):
+    """Same-class anchor-candidate pairs, grouped by anchor (see
+    :meth:`NumpyOps.class_pairs`)."""
+
+    flat: Any  # positions in the flattened [K, A, C] scores
+    column: Any  # the candidate of each pair
+    begins: Any  # where each anchor's pairs begin, [K * A]
+    sizes: Any  # how many pairs each anchor has, [K * A]
+    itself: Any  # whether the pair is the anchor with itself
 
 
 class NumpyOps:
@@ -84,11 +100,19 @@ class NumpyOps:
         """The float64 sum along the last axis."""
         return np.sum(x, axis=-1, dtype=np.float64)
 
-    def matmul_t(self, a: Any, b: Any) -> Any:
-        """``a @ b^T`` over the last two axes."""
-        return np.matmul(a, np.swapaxes(b, -1, -2))
+    def matmul_t(self, a: Any, b: Any, offset: Any = None) -> Any:
+        """``a @ b^T`` over the last two axes, plus ``offset`` (added in place)."""
+        out = np.matmul(a, np.swapaxes(b, -1, -2))
+        if offset is not None:
+            out += offset
+        return out
 
-    def gram(self, z: Any, scale: float, offset: Any = None) -> Any:
+    def nothing(self, scores: Any, fill: float) -> tuple[Any, Any]:
+        """Picks and scores of a search that has no candidate: index 0, ``fill``."""
+        shape = scores.shape[:-1]
+        return np.zeros(shape, np.int32), np.full(shape, fill, scores.dtype)
+
+    def gram(self, z: Any, scale: float = 1.0, offset: Any = None) -> Any:
         """``offset + scale * z @ z^T`` over the last two axes.
 
         NumPy hands a product of rows with themselves to the BLAS as a
@@ -96,23 +120,164 @@ class NumpyOps:
         the other: 1.6 times as fast as the general product on batches of 256,
         even at 512, 1.3 times slower from 1024 on (the copy), where a copy of
         the rows makes it a general product. Scale and offset are then applied
-        in place.
+        in place, each a pass over the product (none for the defaults).
         """
         rows = z if z.shape[-2] <= _SYMMETRIC_ROWS else z.copy()
         out = np.matmul(rows, np.swapaxes(z, -1, -2))
-        out *= scale
+        if scale != 1.0:
+            out *= scale
         if offset is not None:
             out += offset
         return out
+
+    def sort_by_label(self, labels: Any) -> tuple[Any, Any]:
+        """Each batch's rows in label order, and the labels as class codes.
+
+        Returns ``(order, codes)``: ``order`` ``[K, B]`` sorts each batch by
+        label (stably, so rows of a class keep their order), ``codes`` are the
+        sorted labels renumbered 0, 1, ... within each batch in the smallest
+        integer type that holds them. The class masks of sorted rows are
+        blocks along the diagonal, which NumPy's masked passes run through
+        about five times as fast as scattered ones, and comparing one-byte
+        codes costs a fifth of comparing int64 labels.
+        """
+        order = np.argsort(labels, axis=-1, kind="stable")
+        ordered = np.take_along_axis(labels, order, axis=-1)
+        changes = np.zeros(labels.shape, np.int32)
+        changes[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        codes = np.cumsum(changes, axis=-1)
+        most = int(codes.max(initial=0))
+        dtype = np.int8 if most < 1 << 7 else np.int16 if most < 1 << 15 else np.int32
+        return order, codes.astype(dtype)
+
+    def permute_rows(self, x: Any, order: Any) -> Any:
+        """``x[k, order[k, i]]`` for ``x`` ``[K, B]`` or ``[K, B, d]``."""
+        k, b = order.shape
+        flat = order + (np.arange(k) * b)[:, None]
+        return np.take(x.reshape(k * b, *x.shape[2:]), flat, axis=0)
+
+    def unpermute(
+        self, order: Any, values: list[Any], positions: list[Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """Undo :meth:`permute_rows` on ``[K, B]`` per-row ``values`` and
+        ``positions`` (indices into the permuted rows, which become indices
+        into the rows as they were)."""
+        k, b = order.shape
+        starts = np.arange(0, k * b, b)[:, None]
+        moved = (order + starts).ravel()
+        back = np.empty(k * b, np.intp)
+        back[moved] = np.arange(k * b)
+        restored = [v.reshape(-1)[back].reshape(k, b) for v in values]
+        flat_order = order.reshape(-1).astype(np.int32)
+        mapped = [
+            flat_order[p + starts].reshape(-1)[back].reshape(k, b) for p in positions
+        ]
+        return restored, mapped
+
+    def label_overlap(self, a_labels: Any, c_labels: Any) -> str:
+        """How two sets of labels relate, judged from their ranges:
+        ``disjoint`` (no label in both), ``same`` (one label, in both) or
+        ``mixed`` (possibly both kinds of pair)."""
+        a_low, a_high = a_labels.min(), a_labels.max()
+        c_low, c_high = c_labels.min(), c_labels.max()
+        if a_high < c_low or c_high < a_low:
+            return "disjoint"
+        if a_low == a_high == c_low == c_high:
+            return "same"
+        return "mixed"
+
+    def class_pairs(
+        self, a_labels: Any, c_labels: Any, a_ids: Any, c_ids: Any
+    ) -> ClassPairs | None:
+        """The same-class pairs of anchors and candidates as index lists, or
+        None where masks serve better.
+
+        ``a_labels`` ``[K, A]`` and ``c_labels`` ``[K, C]`` must be sorted along
+        their last axis (a class is then a run of candidates, found by a
+        binary search); ``a_ids`` ``[A]`` and ``c_ids`` ``[C]`` tell an anchor
+        from itself among the candidates. Lists cost about 15 passes over the
+        pairs where masks cost about 6 over every anchor-candidate value, so
+        None once pairs are more than ``_PAIR_SHARE`` of the values (or the
+        labels are not sorted).
+        """
+        k, n_a = a_labels.shape
+        n_c = c_labels.shape[1]
+        if n_a == 0 or n_c == 0:
+            return None
+        if np.any(a_labels[:, 1:] < a_labels[:, :-1]) or np.any(
+            c_labels[:, 1:] < c_labels[:, :-1]
+        ):
+            return None
+        # One sorted array over the batches: batch j's labels lifted past j-1's.
+        low = min(a_labels[:, 0].min(), c_labels[:, 0].min())
+        high = max(a_labels[:, -1].max(), c_labels[:, -1].max())
+        lift = (np.arange(k, dtype=np.int64) * (int(high) - int(low) + 1))[:, None]
+        keys = (c_labels.astype(np.int64) + lift).ravel()
+        wanted = (a_labels.astype(np.int64) + lift).ravel()
+        base = np.repeat(np.arange(k) * n_c, n_a)
+        first = np.searchsorted(keys, wanted, "left") - base
+        sizes = np.searchsorted(keys, wanted, "right") - base - first
+        total = int(sizes.sum())
+        if total > _PAIR_SHARE * k * n_a * n_c:
+            return None
+        begins = np.cumsum(sizes) - sizes
+        anchor = np.repeat(np.arange(k * n_a), sizes)
+        column = np.arange(total) - np.repeat(begins - first, sizes)
+        itself = c_ids[column] == a_ids[anchor % n_a]
+        return ClassPairs(anchor * n_c + column, column, begins, sizes, itself)
+
+    def pick_among(
+        self, scores: Any, pairs: ClassPairs, fill: float, pick: str
+    ) -> tuple[Any, Any]:
+        """The ``argmax`` or ``argmin`` (``pick``) of each anchor's row of
+        ``scores`` over its same-class candidates but itself, as
+        :meth:`class_pairs` lists them; index 0 and ``fill`` where there is
+        none. Ties go to the first candidate, as with ``np.argmax``."""
+        shape = scores.shape[:-1]
+        index = np.zeros(shape, np.int32)
+        best = np.full(shape, fill, scores.dtype)
+        values = scores.reshape(-1)[pairs.flat]
+        values[pairs.itself] = fill
+        some = pairs.sizes > 0
+        if not some.any():
+            return index, best
+        begins = pairs.begins[some]
+        reduce = np.maximum if pick == "argmax" else np.minimum
+        top = reduce.reduceat(values, begins)
+        sizes = pairs.sizes[some]
+        at_top = values == np.repeat(top, sizes)
+        slot = np.where(at_top, np.arange(len(values)), len(values))
+        first = np.minimum.reduceat(slot, begins)
+        index.reshape(-1)[some] = pairs.column[first]
+        best.reshape(-1)[some] = top
+        return index, best
+
+    def fill_pairs(self, scores: Any, pairs: ClassPairs, fill: float) -> Any:
+        """``scores`` with ``fill`` at every pair of :meth:`class_pairs`, the
+        anchor itself included; written in place."""
+        scores.reshape(-1)[pairs.flat] = fill
+        return scores
+
+    def exclude_self(self, scores: Any, a_ids: Any, c_ids: Any, fill: float) -> Any:
+        """``scores`` ``[..., A, C]`` with ``fill`` where an anchor's id is a
+        candidate's; written in place, found by a search over the sorted ids
+        rather than a pass comparing every pair."""
+        by_id = np.argsort(c_ids, kind="stable")
+        found = np.searchsorted(c_ids, a_ids, sorter=by_id)
+        found = by_id[np.minimum(found, len(c_ids) - 1)]
+        rows = np.flatnonzero(c_ids[found] == a_ids)
+        scores[..., rows, found[rows]] = fill
+        return scores
 
     def where(self, condition: Any, x: Any, y: Any) -> Any:
         """``x`` where ``condition`` holds, else ``y``.
 
         With one side a scalar this fills and copies under a mask, three times
         faster than ``np.where`` broadcasting the scalar (a pass the core makes
-        over every ``[K, A, B]`` matrix).
+        over every ``[K, A, B]`` matrix); small arrays go straight to
+        ``np.where``, which takes fewer calls.
         """
-        if np.ndim(x) and np.ndim(y):
+        if (np.ndim(x) and np.ndim(y)) or np.size(condition) < _SMALL:
             return np.where(condition, x, y)
         shape = np.broadcast_shapes(np.shape(condition), np.shape(x), np.shape(y))
         dtype = np.result_type(x, y)
@@ -151,6 +316,10 @@ class NumpyOps:
     def eye(self, n: int) -> Any:
         """A boolean identity matrix."""
         return np.eye(n, dtype=bool)
+
+    def positions(self, n: int) -> Any:
+        """0, 1, ..., n - 1."""
+        return np.arange(n)
 
     def anchor_rows(self, stacked: int, batch: int) -> int:
         """How many anchors of each batch the core should take at a time: the
@@ -196,7 +365,12 @@ class NumpyOps:
 
     def take_last(self, x: Any, index: Any) -> Any:
         """``x[k, a, index[k, a, j]]``: ``[K, A, C]`` at ``[K, A, m]``."""
-        return np.take_along_axis(x, index.astype(np.intp), axis=-1)
+        if not x.flags.c_contiguous:
+            return np.take_along_axis(x, index.astype(np.intp), axis=-1)
+        k, a, c = x.shape
+        # One flat gather: a few calls where take_along_axis makes a dozen.
+        starts = np.arange(0, k * a * c, c).reshape(k, a, 1)
+        return x.reshape(-1)[starts + index]
 
     def take_rows(self, rows: Any, index: Any) -> Any:
         """``rows[k, index[k, a, j]]``: ``[K, C, d]`` at ``[K, A, m]``."""
@@ -278,12 +452,36 @@ class TensorFlowOps:
     def total64(self, x: Any) -> Any:
         return self.tf.reduce_sum(self.tf.cast(x, self.tf.float64), axis=-1)
 
-    def matmul_t(self, a: Any, b: Any) -> Any:
-        return self.tf.linalg.matmul(a, b, transpose_b=True)
+    def matmul_t(self, a: Any, b: Any, offset: Any = None) -> Any:
+        out = self.tf.linalg.matmul(a, b, transpose_b=True)
+        return out if offset is None else out + offset
 
-    def gram(self, z: Any, scale: float, offset: Any = None) -> Any:
-        out = scale * self.tf.linalg.matmul(z, z, transpose_b=True)
+    def nothing(self, scores: Any, fill: float) -> tuple[Any, Any]:
+        shape = self.tf.shape(scores)[:-1]
+        fills = self.tf.fill(shape, self.tf.constant(fill, scores.dtype))
+        return self.tf.zeros(shape, self.tf.int32), fills
+
+    def gram(self, z: Any, scale: float = 1.0, offset: Any = None) -> Any:
+        out = self.tf.linalg.matmul(z, z, transpose_b=True)
+        if scale != 1.0:
+            out = scale * out
         return out if offset is None else offset + out
+
+    def sort_by_label(self, labels: Any) -> tuple[None, Any]:
+        """No sorting: a compiled function's masked passes fuse on a GPU."""
+        return None, labels
+
+    def label_overlap(self, a_labels: Any, c_labels: Any) -> str:
+        """``mixed``: a compiled function cannot look at its inputs."""
+        return "mixed"
+
+    def class_pairs(self, a_labels: Any, c_labels: Any, a_ids: Any, c_ids: Any) -> None:
+        """None: a compiled function works with masks."""
+        return None
+
+    def exclude_self(self, scores: Any, a_ids: Any, c_ids: Any, fill: float) -> Any:
+        same = self.tf.equal(a_ids[:, None], c_ids[None, :])
+        return self.tf.where(same, self.tf.constant(fill, scores.dtype), scores)
 
     def where(self, condition: Any, x: Any, y: Any) -> Any:
         x, y = self._like(x, y), self._like(y, x)
@@ -315,6 +513,9 @@ class TensorFlowOps:
 
     def eye(self, n: Any) -> Any:
         return self.tf.eye(n, dtype=self.tf.bool)
+
+    def positions(self, n: Any) -> Any:
+        return self.tf.range(n)
 
     def anchor_rows(self, stacked: Any, batch: Any) -> None:
         """All anchors at once: a compiled function fuses and schedules the

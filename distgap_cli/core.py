@@ -21,6 +21,7 @@ values are clamped at zero, so no NaN or negative distance can come out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distgap_cli.arrays import namespace
@@ -132,7 +133,7 @@ def _needs_refinement(distance: Distance) -> bool:
 
 
 def _prepared(xp: Any, distance: Distance, x: Any) -> Any:
-    """The rows :func:`_ranking` and :func:`_measured` take: unit rows for
+    """The rows :func:`_scores` and :func:`_measured` take: unit rows for
     cosine (normalised once here, not once per anchor slice), else ``x``."""
     return xp.l2_normalize(x) if distance is Distance.COSINE else x
 
@@ -144,38 +145,87 @@ def prepared_rows(distance: Distance, x: Any) -> Any:
     return _prepared(xp, distance, xp.float32(x))
 
 
-def _ranking(xp: Any, distance: Distance, a: Any, c: Any, c_mask: Any) -> Any:
-    """A ``[K, A, C]`` matrix ordered like the distances along each anchor's row.
+def _scores(
+    xp: Any, distance: Distance, a: Any, c: Any, c_mask: Any
+) -> tuple[Any, float]:
+    """A ``[K, A, C]`` matrix ordered like the distances along each anchor's row,
+    and the direction of that order: 1.0 where a larger score means a larger
+    distance, -1.0 where it means a smaller one.
 
     ``a`` and ``c`` are :func:`_prepared` rows.
 
     Cheaper than :func:`pairwise`: terms constant along a row (the anchor's own
-    norm, the snr denominator) and monotone maps (square root, ``1 - x``) are left
-    out, because only which candidate is hardest matters here; the values of the
-    picked pairs are measured directly afterwards. Anchors and candidates are
-    shifted by the same vector (the candidates' mean) where translation changes
-    nothing, which keeps the Gram form from cancelling. When ``a is c`` the
-    products are a Gram matrix, which the namespace may compute faster.
+    norm, the snr denominator), factors and monotone maps (square root,
+    ``1 - x``) are left out, because only which candidate is hardest matters
+    here; the values of the picked pairs are measured directly afterwards.
+    Anchors and candidates are shifted by the same vector (the candidates'
+    mean) where translation changes nothing, which keeps the Gram form from
+    cancelling. When ``a is c`` the products are a Gram matrix, which the
+    namespace may compute faster.
     """
     if distance is Distance.MANHATTAN:
-        return xp.manhattan(a, c)
+        return xp.manhattan(a, c), 1.0
     if distance is Distance.INNER_PRODUCT:
-        return xp.matmul_t(a, c)
+        return xp.matmul_t(a, c), 1.0
     alone = a is c  # every row is an anchor: the products form a Gram matrix
     if distance is Distance.COSINE:
-        if alone:
-            return xp.gram(c, -1.0)
-        # Negating the rows rather than the product saves a pass over [K, A, C].
-        return xp.matmul_t(-a, c)
+        # 1 - a.c on unit rows: the product itself, in reverse order.
+        return (xp.gram(c) if alone else xp.matmul_t(a, c)), -1.0
     if distance is Distance.SNR:
         c = c - xp.mean(c, keepdims=True)
         a = c if alone else a - xp.mean(a, keepdims=True)
     shift = _masked_mean(xp, c, c_mask)
     zc = c - shift
-    sq = xp.squared_norm(zc)
+    # |a - c|^2 = |a|^2 - 2 (a.c - |c|^2 / 2), and |a|^2 is constant along a row.
+    offset = -0.5 * xp.squared_norm(zc)[:, None, :]
     if alone:
-        return xp.gram(zc, -2.0, sq[:, None, :])
-    return sq[:, None, :] - xp.matmul_t(2.0 * (a - shift), zc)
+        return xp.gram(zc, 1.0, offset), -1.0
+    return xp.matmul_t(a - shift, zc, offset), -1.0
+
+
+# Stands for "every candidate is excluded" in :func:`_search`.
+_EVERY = object()
+
+
+def _search(
+    xp: Any,
+    scores: Any,
+    excluded: Any,
+    fill: float,
+    pick: str,
+    own: Callable[[Any, float], Any] | None = None,
+    in_place: bool = False,
+) -> tuple[Any, Any]:
+    """One pick (``"argmax"`` or ``"argmin"``) along each anchor's row of ``scores``.
+
+    Candidates where ``excluded`` holds (a mask; None for none, :data:`_EVERY`
+    for all) and, through ``own(scores, fill)``, the anchor itself are first
+    set to ``fill``, the value that loses the search. ``scores`` is copied
+    before being written unless ``in_place``. Returns the picks and their
+    scores, ``[K, A]`` each; a score equal to ``fill`` means no candidate.
+    """
+    if excluded is _EVERY:
+        return xp.nothing(scores, fill)
+    if excluded is not None or own is not None:
+        scores = scores if in_place else xp.copy(scores)
+    if excluded is not None:
+        scores = xp.masked_fill(scores, excluded, fill)
+    if own is not None:
+        scores = own(scores, fill)
+    index = getattr(xp, pick)(scores)
+    return index, xp.take_last(scores, index[..., None])[..., 0]
+
+
+def _directions(sign: float) -> tuple[float, float, str, str]:
+    """For scores of direction ``sign``: the fills that lose a search for the
+    farthest and for the nearest candidate, and the names of those searches."""
+    if sign > 0:
+        return -_INF, _INF, "argmax", "argmin"
+    return _INF, -_INF, "argmin", "argmax"
+
+
+def _either(mask: Any, absent: Any) -> Any:
+    return mask if absent is None else mask | absent
 
 
 def _measured(
@@ -196,33 +246,42 @@ def _hardest_only(
     """The hardest positive and negative of every anchor, in as few passes over
     the ``[K, B, B]`` matrix as possible (the command line's hot path).
 
-    Anchors are taken a slice at a time where the namespace asks for it (NumPy
-    on large batches), so that the ``[K, A, B]`` temporaries stay small.
+    Where the namespace sorts batches by label (NumPy), the rows are computed
+    in that order and the results put back in the batch's own. Anchors are
+    taken a slice at a time where the namespace asks for it (NumPy on large
+    batches), so that the ``[K, A, B]`` temporaries stay small.
     """
     b = xp.size(labels, 1)
     x = _prepared(xp, distance, x)
+    order, codes = xp.sort_by_label(labels)
+    if order is not None:
+        x, mask = xp.permute_rows(x, order), xp.permute_rows(mask, order)
     step = xp.anchor_rows(labels.shape[0], b)
     if step is None or step >= b:
-        picks, values, has_pos, has_neg = _hardest_of(xp, distance, labels, x, mask)
+        picks, values, has_pos, has_neg = _hardest_of(xp, distance, codes, x, mask)
     else:
         parts = [
-            _hardest_of(xp, distance, labels, x, mask, start, start + step)
+            _hardest_of(xp, distance, codes, x, mask, start, start + step)
             for start in range(0, b, step)
         ]
         joined = (xp.concat(p) for p in zip(*parts, strict=True))
         picks, values, has_pos, has_neg = joined
-    hp_idx, hn_idx = picks[..., 0], picks[..., 1]
+    per_anchor = [values[..., 0], values[..., 1], has_pos, has_neg]
+    picked = [picks[..., 0], picks[..., 1]]
+    if order is not None:
+        per_anchor, picked = xp.unpermute(order, per_anchor, picked)
+    hp, hn, has_pos, has_neg = per_anchor
     return AnchorStats(
-        hardest_pos=xp.where(has_pos, values[..., 0], _NAN),
-        hardest_neg=xp.where(has_neg, values[..., 1], _NAN),
+        hardest_pos=xp.where(has_pos, hp, _NAN),
+        hardest_neg=xp.where(has_neg, hn, _NAN),
         easiest_pos=None,
         easiest_neg=None,
         mean_pos=None,
         mean_neg=None,
         has_pos=has_pos,
         has_neg=has_neg,
-        hardest_pos_index=xp.where(has_pos, hp_idx, -1),
-        hardest_neg_index=xp.where(has_neg, hn_idx, -1),
+        hardest_pos_index=xp.where(has_pos, picked[0], -1),
+        hardest_neg_index=xp.where(has_neg, picked[1], -1),
     )
 
 
@@ -239,28 +298,43 @@ def _hardest_of(
     ``start:stop`` of each batch (all of them by default), their measured
     values, and whether each anchor has a positive / a negative."""
     anchors = x if stop is None else x[:, start:stop]
-    ranking = _ranking(xp, distance, anchors, x, mask)
+    scores, sign = _scores(xp, distance, anchors, x, mask)
+    far_fill, near_fill, farthest, nearest = _directions(sign)
 
     # Candidates that are absent (padding, weight 0) or the anchor itself lose.
-    # The ranking is this call's own temporary: the negatives' scores are
-    # filled into a copy, the positives' into the ranking itself.
-    same = xp.equal(labels[:, start:stop, None], labels[:, None, :])
-    if xp.known_all(mask):  # the common case: two passes over [K, A, B] saved
-        not_neg, not_pos = same, ~same
+    # Where the namespace lists the same-class pairs (NumPy, few per anchor),
+    # the positives are searched in the list and filled out of the negatives'
+    # search; otherwise masks over every pair do both.
+    every = xp.known_all(mask)
+    pairs = None
+    if every:
+        ids = xp.positions(xp.size(labels, 1))
+        pairs = xp.class_pairs(labels[:, start:stop], labels, ids[start:stop], ids)
+    if pairs is not None:
+        pos_index, pos_score = xp.pick_among(scores, pairs, far_fill, farthest)
+        scores = xp.fill_pairs(scores, pairs, near_fill)
+        neg_index, neg_score = _search(xp, scores, None, near_fill, nearest)
     else:
-        present = mask[:, None, :]
-        not_neg, not_pos = same | ~present, ~(same & present)
-    neg_scores = xp.masked_fill(xp.copy(ranking), not_neg, _INF)
-    pos_scores = xp.masked_fill(ranking, not_pos, -_INF)
-    pos_scores = xp.set_diagonal(pos_scores, -_INF, offset=start)
-    picks = xp.stack([xp.argmax(pos_scores), xp.argmin(neg_scores)])
-    pos_value = xp.take_last(pos_scores, picks[..., :1])[..., 0]
-    neg_value = xp.take_last(neg_scores, picks[..., 1:])[..., 0]
+        same = xp.equal(labels[:, start:stop, None], labels[:, None, :])
+        if every:  # two passes over [K, A, B] saved
+            not_neg, not_pos = same, ~same
+        else:
+            present = mask[:, None, :]
+            not_neg, not_pos = same | ~present, ~(same & present)
+
+        def itself(s: Any, fill: float) -> Any:
+            return xp.set_diagonal(s, fill, offset=start)
+
+        neg_index, neg_score = _search(xp, scores, not_neg, near_fill, nearest)
+        pos_index, pos_score = _search(
+            xp, scores, not_pos, far_fill, farthest, itself, in_place=True
+        )
+    picks = xp.stack([pos_index, neg_index])
     if _needs_refinement(distance):
         values = _measured(xp, distance, anchors, x, picks, None)
-    else:  # the ranking holds the distances themselves
-        values = xp.stack([pos_value, neg_value])
-    found_pos, found_neg = pos_value > -_INF, neg_value < _INF
+    else:  # the scores are the distances themselves
+        values = xp.stack([pos_score, neg_score])
+    found_pos, found_neg = pos_score != far_fill, neg_score != near_fill
     present_anchors = mask[:, start:stop]
     return picks, values, present_anchors & found_pos, present_anchors & found_neg
 
@@ -359,43 +433,63 @@ def cross_extremes(
     The whole-dataset (exact) mode calls this on tiles of anchors ``a`` ``[A, d]``
     against tiles of candidates ``c`` ``[C, d]``; a candidate with the anchor's
     own id is the anchor itself and is left out, as are candidates outside
-    ``c_mask``. Indices point into ``c``. Three passes pick the pairs: for a
+    ``c_mask``. Indices point into ``c``. Three searches pick the pairs: for a
     distance the nearest negative is the hardest one, for a similarity the
-    nearest positive is the hardest one.
+    nearest positive is the hardest one. Tiles whose labels are sorted (exact
+    mode walks rows in label order) cost the NumPy namespace one pass over the
+    scores where they hold no positive, and few more where they hold a run of
+    one class.
 
-    ``has_pos`` and ``has_neg`` come from the picked scores: a pick that is
-    still at the fill value means no candidate of that kind. ``prepared``, if
-    given, is :func:`prepared_rows` of ``c``, made once for many anchor tiles.
+    Whether an anchor has a positive or a negative comes from the picked
+    scores: a pick still at the fill value means no candidate of that kind.
+    ``prepared``, if given, is :func:`prepared_rows` of ``c``, made once for
+    many anchor tiles.
     """
     xp = namespace(a)
     a = _prepared(xp, distance, xp.float32(a))
     c = prepared_rows(distance, c) if prepared is None else prepared
-    ranking = _ranking(xp, distance, a[None], c[None], c_mask[None])
-    usable = xp.not_equal(a_ids[:, None], c_ids[None, :])
-    if not xp.known_all(c_mask):
-        usable &= c_mask[None, :]
-    same = xp.equal(a_labels[:, None], c_labels[None, :])
-    not_pos = (~(same & usable))[None]
-    not_neg = (same | ~usable)[None]
-    # Scores filled into copies of the ranking, the last into the ranking itself.
-    pos_high = xp.masked_fill(xp.copy(ranking), not_pos, -_INF)
-    neg_low = xp.masked_fill(xp.copy(ranking), not_neg, _INF)
-    if distance.is_similarity:
-        third = xp.masked_fill(ranking, not_neg, -_INF)
-        picks = xp.stack([xp.argmax(pos_high), xp.argmin(neg_low), xp.argmax(third)])
+    scores, sign = _scores(xp, distance, a[None], c[None], c_mask[None])
+    far_fill, near_fill, farthest, nearest = _directions(sign)
+
+    # Which candidates are positives and negatives. Where the namespace can
+    # tell from the labels' ranges that a tile holds one kind only (NumPy, on
+    # rows sorted by label), the other kind's search and the mask are skipped;
+    # where it lists the same-class pairs, the positives are searched in the
+    # list and filled out of the negatives' searches.
+    absent = None if xp.known_all(c_mask) else ~c_mask[None, None, :]
+    overlap = xp.label_overlap(a_labels, c_labels)
+    pairs = None
+    if overlap == "mixed" and absent is None:
+        pairs = xp.class_pairs(a_labels[None], c_labels[None], a_ids, c_ids)
+    if pairs is not None:
+        found = _cross_listed(xp, distance, scores, pairs, sign)
     else:
-        third = xp.masked_fill(ranking, not_pos, _INF)
-        picks = xp.stack([xp.argmax(pos_high), xp.argmin(neg_low), xp.argmin(third)])
-    scores = [
-        xp.take_last(s, picks[..., i : i + 1])[0, :, 0]
-        for i, s in enumerate((pos_high, neg_low, third))
-    ]
-    has_pos, has_neg = scores[0] > -_INF, scores[1] < _INF
+        if overlap == "disjoint":
+            not_pos, not_neg = _EVERY, absent
+        elif overlap == "same":
+            not_pos, not_neg = absent, _EVERY
+        else:
+            same = xp.equal(a_labels[:, None], c_labels[None, :])[None]
+            not_pos, not_neg = _either(~same, absent), _either(same, absent)
+
+        def itself(s: Any, fill: float) -> Any:
+            return xp.exclude_self(s, a_ids, c_ids, fill)
+
+        hardest_pos = _search(xp, scores, not_pos, far_fill, farthest, itself)
+        if distance.is_similarity:  # the nearest negative: the most similar one
+            third = _search(xp, scores, not_neg, far_fill, farthest)
+        else:  # the nearest positive
+            third = _search(xp, scores, not_pos, near_fill, nearest, itself)
+        hardest_neg = _search(xp, scores, not_neg, near_fill, nearest, in_place=True)
+        found = (hardest_pos, hardest_neg, third)
+    picks = xp.stack([index for index, _ in found])
+    has_pos = found[0][1] != far_fill
+    has_neg = found[1][1] != near_fill
     if _needs_refinement(distance):
         values = _measured(xp, distance, a[None], c[None], picks, None)[0]
-    else:  # the ranking holds the distances themselves
-        values = xp.stack(scores)
-    picks = picks[0]
+    else:  # the scores are the distances themselves
+        values = xp.stack([score for _, score in found])[0]
+    has_pos, has_neg, picks = has_pos[0], has_neg[0], picks[0]
     max_pos = xp.where(has_pos, values[:, 0], -_INF)
     min_neg = xp.where(has_neg, values[:, 1], _INF)
     if distance.is_similarity:
@@ -413,6 +507,24 @@ def cross_extremes(
         nearest_neg=nearest_neg,
         nearest_neg_index=nearest_neg_index,
     )
+
+
+def _cross_listed(
+    xp: Any, distance: Distance, scores: Any, pairs: Any, sign: float
+) -> tuple[tuple[Any, Any], ...]:
+    """:func:`cross_extremes`' three searches with the same-class pairs given
+    as lists: (hardest positive, hardest negative, nearest of the other kind),
+    each picks and scores."""
+    far_fill, near_fill, farthest, nearest = _directions(sign)
+    hardest_pos = xp.pick_among(scores, pairs, far_fill, farthest)
+    if distance.is_similarity:  # the nearest negative: the most similar one
+        filled = xp.fill_pairs(scores, pairs, far_fill)
+        third = _search(xp, filled, None, far_fill, farthest)
+    else:  # the nearest positive
+        third = xp.pick_among(scores, pairs, near_fill, nearest)
+    scores = xp.fill_pairs(scores, pairs, near_fill)
+    hardest_neg = _search(xp, scores, None, near_fill, nearest)
+    return hardest_pos, hardest_neg, third
 
 
 def batch_stats(anchors: AnchorStats, mask: Any) -> BatchStats:

@@ -19,6 +19,7 @@ from distgap_cli.errors import UsageError
 
 from .conftest import HARDNEG_X, HARDNEG_Y, ROOT
 from .reference import batch as reference_batch
+from .reference import distance as reference_distance
 
 tf = tensorflow()
 DISTANCES = [d.value for d in Distance]
@@ -368,3 +369,33 @@ def test_distance_names_and_aliases():
     assert "pythagorean" in valid_names()
     with pytest.raises(UsageError, match="cosine, euclidean"):
         canonical("hamming")
+
+
+@pytest.mark.parametrize("name", DISTANCES)
+@pytest.mark.parametrize("share", [0.0, 1.0], ids=["masks", "pair-lists"])
+def test_pair_lists_and_masks_both_match_double_loop(monkeypatch, name, share):
+    # NumPy searches the positives through same-class pair lists when they are
+    # few and through masks otherwise; force each way on batches of many small
+    # classes, a few large ones, and classes of one row.
+    monkeypatch.setattr(array_ops, "_PAIR_SHARE", share)
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 30, 5)).astype(np.float32)
+    y = np.stack([rng.integers(0, 15, 30), rng.integers(0, 3, 30), np.arange(30)])
+    y[2, :4] = 7  # one class of four among singletons
+    mask = np.ones((3, 30), bool)
+    anchors = core.anchor_stats(canonical(name), y, x, mask, full=False)
+    for k in range(3):
+        want = reference_batch(name, y[k], x[k].astype(np.float64))
+        for field in ("hardest_pos", "hardest_neg"):
+            got = np.asarray(getattr(anchors, field))[k]
+            np.testing.assert_allclose(got, want[field], rtol=2e-5, atol=1e-5)
+        # The index names a negative at the hardest negative's distance.
+        for i, j in enumerate(anchors.hardest_neg_index[k]):
+            if np.isnan(want["hardest_neg"][i]):
+                assert j == -1
+            else:
+                assert y[k, j] != y[k, i]
+                value = reference_distance(name, x[k, i], x[k, j])
+                assert value == pytest.approx(
+                    want["hardest_neg"][i], rel=2e-5, abs=1e-5
+                )
