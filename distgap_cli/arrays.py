@@ -135,20 +135,20 @@ class NumpyOps:
 
         Returns ``(order, codes)``: ``order`` ``[K, B]`` sorts each batch by
         label (stably, so rows of a class keep their order), ``codes`` are the
-        sorted labels renumbered 0, 1, ... within each batch in the smallest
-        integer type that holds them. The class masks of sorted rows are
+        sorted labels renumbered 0, 1, ... within each batch, in an integer
+        type just wide enough for the batch size. The class masks of sorted rows are
         blocks along the diagonal, which NumPy's masked passes run through
         about five times as fast as scattered ones, and comparing one-byte
         codes costs a fifth of comparing int64 labels.
         """
+        k, b = labels.shape
         order = np.argsort(labels, axis=-1, kind="stable")
-        ordered = np.take_along_axis(labels, order, axis=-1)
-        changes = np.zeros(labels.shape, np.int32)
-        changes[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-        codes = np.cumsum(changes, axis=-1)
-        most = int(codes.max(initial=0))
-        dtype = np.int8 if most < 1 << 7 else np.int16 if most < 1 << 15 else np.int32
-        return order, codes.astype(dtype)
+        ordered = labels.reshape(-1)[order + np.arange(0, k * b, b)[:, None]]
+        # A batch of b rows holds at most b classes, numbered 0 to b - 1.
+        dtype = np.int8 if b <= 1 << 7 else np.int16 if b <= 1 << 15 else np.int32
+        codes = np.zeros((k, b), dtype)
+        np.cumsum(ordered[:, 1:] != ordered[:, :-1], axis=1, out=codes[:, 1:])
+        return order, codes
 
     def permute_rows(self, x: Any, order: Any) -> Any:
         """``x[k, order[k, i]]`` for ``x`` ``[K, B]`` or ``[K, B, d]``."""
@@ -372,12 +372,22 @@ class NumpyOps:
         starts = np.arange(0, k * a * c, c).reshape(k, a, 1)
         return x.reshape(-1)[starts + index]
 
-    def take_rows(self, rows: Any, index: Any) -> Any:
-        """``rows[k, index[k, a, j]]``: ``[K, C, d]`` at ``[K, A, m]``."""
-        k, c, d = rows.shape
-        # One flat gather is faster than fancy indexing over two axes.
-        flat = index.astype(np.intp) + (np.arange(k) * c)[:, None, None]
-        return np.take(rows.reshape(k * c, d), flat, axis=0)
+    def differences(self, a: Any, c: Any, index: Any) -> Any:
+        """``c[k, index[k, i, j]] - a[k, i]``, ``[K, A, m, d]``, for ``a``
+        ``[K, A, d]``, ``c`` ``[K, C, d]`` and ``index`` ``[K, A, m]``.
+
+        Gathered and subtracted as ``[K, m, A, d]``, where one subtraction
+        runs over whole rows of anchors instead of one row at a time (a fifth
+        faster at batch 256, twice at 32), and returned as a view.
+        """
+        k, n_c, d = c.shape
+        flat = (
+            np.swapaxes(index, 1, 2).astype(np.intp)
+            + np.arange(0, k * n_c, n_c)[:, None, None]
+        )
+        out = np.take(c.reshape(k * n_c, d), flat, axis=0)
+        out -= a[:, None]
+        return np.swapaxes(out, 1, 2)
 
     def manhattan(self, a: Any, c: Any) -> Any:
         """Sums of absolute differences ``[K, A, C]``, a few anchors at a time so
@@ -547,8 +557,8 @@ class TensorFlowOps:
     def take_last(self, x: Any, index: Any) -> Any:
         return self.tf.gather(x, index, batch_dims=2)
 
-    def take_rows(self, rows: Any, index: Any) -> Any:
-        return self.tf.gather(rows, index, batch_dims=1)
+    def differences(self, a: Any, c: Any, index: Any) -> Any:
+        return self.tf.gather(c, index, batch_dims=1) - a[:, :, None, :]
 
     def manhattan(self, a: Any, c: Any) -> Any:
         tf = self.tf

@@ -115,9 +115,9 @@ def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
     return numerator / signal[:, :, None]
 
 
-def _direct(xp: Any, distance: Distance, anchors: Any, partners: Any) -> Any:
-    """Distances from ``anchors`` ``[K, B, 1, d]`` to ``partners`` ``[K, B, m, d]``."""
-    diff = anchors - partners
+def _direct(xp: Any, distance: Distance, anchors: Any, diff: Any) -> Any:
+    """Distances from ``anchors`` ``[K, B, 1, d]`` given the differences ``diff``
+    ``[K, B, m, d]`` between their partners and them."""
     if distance is Distance.COSINE:
         return xp.minimum(0.5 * xp.squared_norm(diff), 2.0)
     if distance is Distance.EUCLIDEAN:
@@ -236,8 +236,7 @@ def _measured(
     direct differences."""
     if not _needs_refinement(distance):
         return xp.take_last(ranking, picks)
-    partners = xp.take_rows(c, picks)
-    return _direct(xp, distance, a[:, :, None, :], partners)
+    return _direct(xp, distance, a[:, :, None, :], xp.differences(a, c, picks))
 
 
 def _hardest_only(
