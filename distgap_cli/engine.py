@@ -79,6 +79,14 @@ class EvalResult:
     anchors: dict[Distance, PerAnchor] | None = None
 
 
+def _distinct(labels: np.ndarray) -> np.ndarray:
+    """The distinct values of ``labels``. np.unique does the same, but NumPy
+    2 imports numpy.ma on its first call (60 ms holding the GIL while the
+    cores start computing)."""
+    ordered = np.sort(labels)
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
 def _distinct_labels(stack: Stack) -> np.ndarray:
     """How many classes each real batch of ``stack`` holds."""
     labels = stack.labels[: stack.real]
@@ -409,7 +417,7 @@ def evaluate(
 
     def tracked(blocks: Iterator[Any]) -> Iterator[Any]:
         for block in blocks:
-            classes.update(np.unique(block.labels).tolist())
+            classes.update(_distinct(block.labels).tolist())
             if on_rows is not None:
                 on_rows(len(block.labels))
             yield block

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from distgap_cli.batching import Batch
-from distgap_cli.engine import ReadAhead, Stack, _distinct_labels, _stacks, stack_size
+from distgap_cli.engine import (
+    ReadAhead,
+    Stack,
+    _distinct,
+    _distinct_labels,
+    _stacks,
+    stack_size,
+)
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -178,3 +185,10 @@ def test_distinct_labels_per_batch_match_unique():
         stack = Stack(labels, None, None, real, sizes, None, None, None)
         want = [len(np.unique(labels[i, : sizes[i]])) for i in range(real)]
         assert _distinct_labels(stack).tolist() == want
+
+
+def test_distinct_values_match_unique():
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 50, 1000):
+        labels = rng.integers(-3, 7, n)
+        assert _distinct(labels).tolist() == np.unique(labels).tolist()
