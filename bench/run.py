@@ -6,17 +6,19 @@ Generates its own data (float32 embeddings, 1,000 classes) as Parquet
 * end to end: the installed ``distgap eval`` command, rows per second of wall
   time (start-up included) and its peak RSS;
 * the reading bound: the same files read through pyarrow / numpy, nothing computed;
-* the matmul bound: the batches' Gram matrices alone, made as distgap makes
-  them on the CPU (NumPy, the stacks cut into the same parts, one thread per
-  core); beside it the fastest products this machine makes (the same stacks in
-  compiled TensorFlow calls) and, for reference, one TensorFlow call per batch
-  and a NumPy loop over the batches;
-* start-up: ``--help``, a four-row evaluation, and ``import tensorflow`` alone,
-  which is the floor of any evaluation.
+* the matmul bound: the batches' Gram matrices alone, made four ways (as
+  distgap makes them on the CPU: NumPy, the stacks cut into the same parts, one
+  thread per core; one NumPy call per batch on one thread; the stacks in
+  compiled TensorFlow calls; one TensorFlow call per batch, as a training loop
+  makes them). The bound is the fastest of the four;
+* start-up: ``--help``, a four-row evaluation, and ``import tensorflow`` alone;
+* where TensorFlow sees a GPU, the same evaluations with ``--device gpu`` and
+  the GPU's own stacked matmul bound.
 
 NumPy's BLAS runs one thread here, as in ``distgap`` itself, which runs one
 thread per core around it. Each figure is the median of ``--repeat`` runs.
-Results are printed and written to ``bench/results/latest.json``.
+Results are printed, checked against the targets below, and written to
+``bench/results/latest.json``.
 
     python bench/run.py                 # 1,000,000 x 128 and 100,000 x 768
     python bench/run.py --rows 200000   # quicker
@@ -82,7 +84,11 @@ def distgap_command() -> list[str]:
 
 
 def end_to_end(
-    path: Path, batch: int, repeat: int, extra: tuple[str, ...] = ()
+    path: Path,
+    batch: int,
+    repeat: int,
+    extra: tuple[str, ...] = (),
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Wall time and peak RSS of the real command, median of ``repeat`` runs."""
     walls, peaks = [], []
@@ -98,7 +104,7 @@ def end_to_end(
             "-f",
             "json",
             "--device",
-            "cpu",
+            device,
         ]
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -143,20 +149,28 @@ def read_only(paths: dict[str, Path], kind: str) -> float:
 
 
 def matmul_only(
-    rows: int, dim: int, batch: int, repeat: int, stacked: bool = True
+    rows: int,
+    dim: int,
+    batch: int,
+    repeat: int,
+    stacked: bool = True,
+    device: str = "/CPU:0",
 ) -> float:
-    """Seconds for the Gram matrices of every batch: stacked into calls as distgap
-    stacks them, or one call per batch as a training loop makes them."""
+    """Seconds for the Gram matrices of every batch in TensorFlow: stacked into
+    calls as distgap stacks them, or one call per batch as a training loop
+    makes them."""
     from distgap_cli.backend import tensorflow
 
     tf = tensorflow()
     from distgap_cli.engine import stack_size
 
     k = stack_size(batch, dim) if stacked else 1
-    x = tf.constant(np.random.default_rng(1).normal(size=(k, batch, dim)), tf.float32)
-    gram = tf.function(lambda x: tf.linalg.matmul(x, x, transpose_b=True))
     calls = -(-rows // (k * batch))
-    with tf.device("/CPU:0"):
+    with tf.device(device):
+        x = tf.constant(
+            np.random.default_rng(1).normal(size=(k, batch, dim)), tf.float32
+        )
+        gram = tf.function(lambda x: tf.linalg.matmul(x, x, transpose_b=True))
         gram(x).numpy()
 
         def run() -> float:
@@ -184,17 +198,23 @@ def numpy_matmul_loop(rows: int, dim: int, batch: int, repeat: int) -> float:
 
 def numpy_matmul_threads(rows: int, dim: int, batch: int, repeat: int) -> float:
     """Seconds for the Gram matrices made as distgap makes them on the CPU: the
-    same stacks, cut into the same parts, NumPy on one thread per core."""
-    from distgap_cli.backend import NumpyRunner
+    same stacks, cut into the same parts and anchor slices, NumPy on one thread
+    per core."""
+    from distgap_cli.arrays import NUMPY
+    from distgap_cli.backend import NumpyRunner, worker_count
     from distgap_cli.engine import stack_size
 
-    k = stack_size(batch, dim)
+    def products(x: np.ndarray) -> dict:
+        k, b, _ = x.shape
+        step = NUMPY.anchor_rows(k, b)
+        if step >= b:
+            return {"g": {"g": NUMPY.gram(x)[:, 0]}}
+        parts = [NUMPY.matmul_t(x[:, s : s + step], x) for s in range(0, b, step)]
+        return {"g": {"g": parts[-1][:, 0]}}
+
+    k = stack_size(batch, dim, worker_count())
     x = np.random.default_rng(1).normal(size=(k, batch, dim)).astype(np.float32)
-    run_parts = NumpyRunner(
-        lambda x: {"g": {"g": np.matmul(x, np.swapaxes(x, -1, -2))}},
-        split=1,
-        pairs=lambda x: x.shape[1] ** 2,
-    )
+    run_parts = NumpyRunner(products, split=1, pairs=lambda x: x.shape[1] ** 2)
     calls = -(-rows // (k * batch))
 
     def run() -> float:
@@ -228,18 +248,21 @@ def exact_numpy_matmul(rows: int, dim: int, repeat: int) -> float:
     return median_of(repeat, run)
 
 
-def exact_matmul_only(rows: int, dim: int, repeat: int) -> float:
-    """Seconds for the anchor-by-candidate tile products that exact mode makes."""
+def exact_matmul_only(
+    rows: int, dim: int, repeat: int, device: str = "/CPU:0"
+) -> float:
+    """Seconds for the anchor-by-candidate tile products that exact mode makes,
+    in TensorFlow."""
     from distgap_cli.backend import tensorflow
     from distgap_cli.exact import ANCHOR_TILE, CANDIDATE_TILE
 
     tf = tensorflow()
     rng = np.random.default_rng(2)
-    a = tf.constant(rng.normal(size=(ANCHOR_TILE, dim)), tf.float32)
-    c = tf.constant(rng.normal(size=(CANDIDATE_TILE, dim)), tf.float32)
-    gram = tf.function(lambda a, c: tf.linalg.matmul(a, c, transpose_b=True))
     calls = -(-rows // ANCHOR_TILE) * -(-rows // CANDIDATE_TILE)
-    with tf.device("/CPU:0"):
+    with tf.device(device):
+        a = tf.constant(rng.normal(size=(ANCHOR_TILE, dim)), tf.float32)
+        c = tf.constant(rng.normal(size=(CANDIDATE_TILE, dim)), tf.float32)
+        gram = tf.function(lambda a, c: tf.linalg.matmul(a, c, transpose_b=True))
         gram(a, c).numpy()
 
         def run() -> float:
@@ -291,26 +314,26 @@ def help_time(repeat: int) -> float:
     return median_of(repeat, run)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--wide-rows", type=int, default=100_000)
-    parser.add_argument("--exact-rows", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+def gpu_device() -> str | None:
+    """``/GPU:0`` when TensorFlow sees a GPU, else None."""
+    from distgap_cli.backend import _may_have_gpu, tensorflow
 
-    report: dict = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
-        "repeat": args.repeat,
-        "help_seconds": help_time(args.repeat),
-        "startup_seconds": startup(args.repeat),
-        "import_tensorflow_seconds": import_time(args.repeat),
-        "runs": [],
-    }
+    if not _may_have_gpu():
+        return None
+    return "/GPU:0" if tensorflow().config.list_physical_devices("GPU") else None
+
+
+# The targets the figures are checked against, as fractions.
+BATCH_TARGET = 0.60  # batch mode, .npy, of the matmul bound
+PARQUET_TARGET = 0.80  # Parquet, of the .npy figure
+EXACT_TARGET = 0.60  # exact mode, of the matmul bound
+PEAK_TARGET_MB = 1536  # batch mode, a million rows
+HELP_TARGET_S = 0.5
+
+
+def batch_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
+    """Every batch-mode figure, with its bounds and ratios."""
+    runs = []
     for rows, dim, batches in (
         (args.rows, 128, (256, 1024)),
         (args.wide_rows, 768, (256,)),
@@ -321,105 +344,209 @@ def main() -> None:
             for k in ("npy", "parquet")
         }
         for batch in batches:
-            bound = matmul_only(rows, dim, batch, args.repeat)
-            loop = matmul_only(rows, dim, batch, args.repeat, stacked=False)
-            numpy_loop = numpy_matmul_loop(rows, dim, batch, args.repeat)
-            own = numpy_matmul_threads(rows, dim, batch, args.repeat)
-            for kind in ("npy", "parquet"):
-                measured = end_to_end(paths[kind], batch, args.repeat)
+            bounds = {
+                "numpy_as_distgap": numpy_matmul_threads(rows, dim, batch, args.repeat),
+                "numpy_per_batch": numpy_matmul_loop(rows, dim, batch, args.repeat),
+                "tensorflow_stacked": matmul_only(rows, dim, batch, args.repeat),
+                "tensorflow_per_batch": matmul_only(
+                    rows, dim, batch, args.repeat, stacked=False
+                ),
+            }
+            bound_rate = {k: rows / v for k, v in bounds.items()}
+            fastest = max(bound_rate, key=bound_rate.get)
+            cases = [("npy", "cpu"), ("parquet", "cpu")]
+            if gpu:
+                cases.append(("npy", "gpu"))
+            for kind, device in cases:
+                measured = end_to_end(paths[kind], batch, args.repeat, device=device)
                 # Rows per second once running: the difference between the whole
-                # input and its first fifth cancels start-up (import, tracing).
+                # input and its first fifth cancels start-up.
                 fifth = rows // 5
                 short = end_to_end(
-                    paths[kind], batch, args.repeat, ("--limit", str(fifth))
+                    paths[kind],
+                    batch,
+                    args.repeat,
+                    ("--limit", str(fifth)),
+                    device=device,
                 )
                 steady = measured["seconds"] - short["seconds"]
                 if steady < 0.1 * measured["seconds"]:
                     steady = math.nan  # too close to start-up noise to measure
+                rate = rows / measured["seconds"]
                 entry = {
                     "rows": rows,
                     "dim": dim,
                     "batch": batch,
                     "input": kind,
-                    "end_to_end_rows_per_s": rows / measured["seconds"],
+                    "device": device,
+                    "seconds": measured["seconds"],
+                    "end_to_end_rows_per_s": rate,
                     "after_startup_rows_per_s": (rows - fifth) / steady,
                     "peak_rss_mb": measured["peak_rss_mb"],
                     "read_only_rows_per_s": rows / reading[kind],
-                    "matmul_as_distgap_rows_per_s": rows / own,
-                    "matmul_only_rows_per_s": rows / bound,
-                    "matmul_per_batch_call_rows_per_s": rows / loop,
-                    "matmul_numpy_loop_rows_per_s": rows / numpy_loop,
+                    "matmul_rows_per_s": bound_rate,
+                    "matmul_bound": fastest,
+                    "ratio_to_read": rate / (rows / reading[kind]),
                 }
-                entry["ratio_to_own_matmul"] = (
-                    entry["end_to_end_rows_per_s"]
-                    / entry["matmul_as_distgap_rows_per_s"]
-                )
-                entry["ratio_to_matmul"] = (
-                    entry["end_to_end_rows_per_s"] / entry["matmul_only_rows_per_s"]
-                )
+                if device == "gpu":
+                    gpu_bound = rows / matmul_only(
+                        rows, dim, batch, args.repeat, device=gpu
+                    )
+                    entry["matmul_rows_per_s"] = {"tensorflow_stacked_gpu": gpu_bound}
+                    entry["matmul_bound"] = "tensorflow_stacked_gpu"
+                bound = entry["matmul_rows_per_s"][entry["matmul_bound"]]
+                entry["ratio_to_matmul"] = rate / bound
                 entry["after_startup_ratio_to_matmul"] = (
-                    entry["after_startup_rows_per_s"] / entry["matmul_only_rows_per_s"]
+                    entry["after_startup_rows_per_s"] / bound
                 )
-                entry["ratio_to_read"] = (
-                    entry["end_to_end_rows_per_s"] / entry["read_only_rows_per_s"]
-                )
-                report["runs"].append(entry)
+                runs.append(entry)
                 print(
-                    f"{rows:>9,} x {dim:<4} batch {batch:<5} {kind:<8}"
-                    f" {entry['end_to_end_rows_per_s']:>10,.0f} rows/s"
+                    f"{rows:>9,} x {dim:<4} batch {batch:<5} {kind:<8} {device:<4}"
+                    f" {rate:>10,.0f} rows/s ({measured['seconds']:.2f} s)"
                     f"  peak {entry['peak_rss_mb']:>6,.0f} MB"
-                    f"  its matmuls {entry['matmul_as_distgap_rows_per_s']:>10,.0f}"
-                    f" ({entry['ratio_to_own_matmul']:.0%})"
-                    f"  fastest matmuls {entry['matmul_only_rows_per_s']:>10,.0f}"
-                    f" ({entry['ratio_to_matmul']:.0%})"
-                    f"  read bound {entry['read_only_rows_per_s']:>10,.0f}"
-                    f" ({entry['ratio_to_read']:.0%})"
+                    f"  matmul bound {bound:>10,.0f} ({entry['matmul_bound']}):"
+                    f" {entry['ratio_to_matmul']:.0%}"
                     f"  after start-up {entry['after_startup_rows_per_s']:>10,.0f}"
-                    f" ({entry['after_startup_ratio_to_matmul']:.0%} of matmul)"
-                    f"  one matmul call per batch "
-                    f"{entry['matmul_per_batch_call_rows_per_s']:>10,.0f}"
-                    f"  numpy loop {entry['matmul_numpy_loop_rows_per_s']:>10,.0f}",
+                    f" ({entry['after_startup_ratio_to_matmul']:.0%})"
+                    f"  read bound {entry['read_only_rows_per_s']:>10,.0f}"
+                    f" ({entry['ratio_to_read']:.0%})",
                     flush=True,
                 )
-    if args.exact_rows:
-        paths = make_data(args.exact_rows, 128)
-        measured = end_to_end(paths["npy"], 0, args.repeat, ("--mode", "exact"))
-        bound = exact_matmul_only(args.exact_rows, 128, args.repeat)
-        own = exact_numpy_matmul(args.exact_rows, 128, args.repeat)
-        pairs = args.exact_rows**2
+    return runs
+
+
+def exact_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
+    """Exact mode end to end beside its tile products."""
+    paths = make_data(args.exact_rows, 128)
+    pairs = args.exact_rows**2
+    bounds = {
+        "numpy_as_distgap": pairs
+        / exact_numpy_matmul(args.exact_rows, 128, args.repeat),
+        "tensorflow": pairs / exact_matmul_only(args.exact_rows, 128, args.repeat),
+    }
+    runs = []
+    for device in ("cpu", "gpu") if gpu else ("cpu",):
+        measured = end_to_end(
+            paths["npy"], 0, args.repeat, ("--mode", "exact"), device=device
+        )
+        if device == "gpu":
+            rate = pairs / exact_matmul_only(args.exact_rows, 128, args.repeat, gpu)
+            bounds = {"tensorflow_gpu": rate}
+        fastest = max(bounds, key=bounds.get)
         entry = {
             "rows": args.exact_rows,
             "dim": 128,
             "mode": "exact",
             "input": "npy",
+            "device": device,
             "seconds": measured["seconds"],
             "pairs_per_s": pairs / measured["seconds"],
-            "matmul_as_distgap_pairs_per_s": pairs / own,
-            "matmul_only_pairs_per_s": pairs / bound,
+            "matmul_pairs_per_s": dict(bounds),
+            "matmul_bound": fastest,
+            "ratio_to_matmul": pairs / measured["seconds"] / bounds[fastest],
             "peak_rss_mb": measured["peak_rss_mb"],
         }
-        entry["ratio_to_own_matmul"] = (
-            entry["pairs_per_s"] / entry["matmul_as_distgap_pairs_per_s"]
-        )
-        entry["ratio_to_matmul"] = (
-            entry["pairs_per_s"] / entry["matmul_only_pairs_per_s"]
-        )
-        report["exact"] = entry
+        runs.append(entry)
         print(
-            f"exact {args.exact_rows:,} x 128: {measured['seconds']:.1f} s, "
-            f"{entry['pairs_per_s']:,.0f} pairs/s, its matmuls "
-            f"{entry['matmul_as_distgap_pairs_per_s']:,.0f} "
-            f"({entry['ratio_to_own_matmul']:.0%}), fastest matmuls "
-            f"{entry['matmul_only_pairs_per_s']:,.0f} "
-            f"({entry['ratio_to_matmul']:.0%}), "
+            f"exact {args.exact_rows:,} x 128 {device}: {measured['seconds']:.2f} s, "
+            f"{entry['pairs_per_s']:,.0f} pairs/s, matmul bound "
+            f"{bounds[fastest]:,.0f} ({fastest}): {entry['ratio_to_matmul']:.0%}, "
             f"peak {entry['peak_rss_mb']:,.0f} MB",
             flush=True,
         )
+    return runs
+
+
+def targets(report: dict) -> list[dict]:
+    """Each target with the figure it is checked on and whether it is met."""
+    checks = []
+    cpu = [r for r in report["runs"] if r["device"] == "cpu"]
+    million = [r for r in cpu if r["dim"] == 128]
+    for r in million:
+        if r["input"] == "npy":
+            checks.append(
+                {
+                    "target": f"batch {r['batch']} .npy >= 60% of matmul bound",
+                    "measured": r["ratio_to_matmul"],
+                    "met": r["ratio_to_matmul"] >= BATCH_TARGET,
+                }
+            )
+    for r in cpu:
+        if r["input"] != "parquet":
+            continue
+        npy = next(
+            q
+            for q in cpu
+            if q["input"] == "npy" and (q["dim"], q["batch"]) == (r["dim"], r["batch"])
+        )
+        share = r["end_to_end_rows_per_s"] / npy["end_to_end_rows_per_s"]
+        checks.append(
+            {
+                "target": f"d {r['dim']} batch {r['batch']} Parquet >= 80% of .npy",
+                "measured": share,
+                "met": share >= PARQUET_TARGET,
+            }
+        )
+    for r in report["exact"]:
+        if r["device"] == "cpu":
+            checks.append(
+                {
+                    "target": "exact >= 60% of matmul bound",
+                    "measured": r["ratio_to_matmul"],
+                    "met": r["ratio_to_matmul"] >= EXACT_TARGET,
+                }
+            )
+    if million and million[0]["rows"] >= 1_000_000:
+        peak = max(r["peak_rss_mb"] for r in million)
+        checks.append(
+            {
+                "target": "1M rows peak RSS < 1.5 GB",
+                "measured": peak,
+                "met": peak < PEAK_TARGET_MB,
+            }
+        )
+    checks.append(
+        {
+            "target": "distgap --help < 0.5 s",
+            "measured": report["help_seconds"],
+            "met": report["help_seconds"] < HELP_TARGET_S,
+        }
+    )
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--wide-rows", type=int, default=100_000)
+    parser.add_argument("--exact-rows", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    gpu = gpu_device()
+    report: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "gpu": gpu,
+        },
+        "repeat": args.repeat,
+        "help_seconds": help_time(args.repeat),
+        "startup_seconds": startup(args.repeat),
+        "import_tensorflow_seconds": import_time(args.repeat),
+    }
+    report["runs"] = batch_runs(args, gpu)
+    report["exact"] = exact_runs(args, gpu) if args.exact_rows else []
+    report["targets"] = targets(report)
     print(
         f"distgap --help {report['help_seconds']:.2f} s; "
         f"start-up on 4 rows {report['startup_seconds']:.2f} s; "
         f"import tensorflow alone {report['import_tensorflow_seconds']:.2f} s"
     )
+    for check in report["targets"]:
+        mark = "met" if check["met"] else "NOT met"
+        print(f"target {check['target']}: {check['measured']:.3g} ({mark})")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "latest.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
