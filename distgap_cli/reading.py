@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distgap_cli import sources as src
@@ -132,6 +131,14 @@ class _Check:
     describe: Callable[[int], tuple[str, str | None, str | None]]
     for_distance: bool = False
     file: str | None = None  # when not the embeddings' file (a labels .npy)
+
+
+def _compute() -> Any:
+    """``pyarrow.compute``, imported on first use: only nulls and string labels
+    need it, and importing it costs 30 ms of every start."""
+    import pyarrow.compute
+
+    return pyarrow.compute
 
 
 def _dtype_name(arrow_type: pa.DataType) -> str:
@@ -565,7 +572,7 @@ class Reader:
                 )
             )
             ok &= ~bad_rows
-            child = pc.fill_null(child, pa.scalar(0, value_type))
+            child = _compute().fill_null(child, pa.scalar(0, value_type))
         flat = child.to_numpy(zero_copy_only=False)
 
         # Fast path: every row valid and contiguous; else gather the valid rows.
@@ -602,7 +609,7 @@ class Reader:
             arr = batch.column(col)
             if arr.null_count:
                 null |= arr.is_null().to_numpy(zero_copy_only=False)
-                arr = pc.fill_null(arr, pa.scalar(0, arr.type))
+                arr = _compute().fill_null(arr, pa.scalar(0, arr.type))
             with np.errstate(over="ignore"):  # inf, caught in _as_float32
                 values[:, j] = arr.to_numpy(zero_copy_only=False)
         checks.append(
@@ -728,14 +735,14 @@ class Reader:
         if pa.types.is_string(t) or pa.types.is_large_string(t):
             self._label_kind("string", source, name)
             # Null labels stay out of the mapping; their rows are flagged above.
-            encoded = pc.dictionary_encode(column)
+            encoded = _compute().dictionary_encode(column)
             ids = self.label_map.encode_strings(encoded.dictionary.to_pylist())
-            index = pc.fill_null(encoded.indices, len(ids))
+            index = _compute().fill_null(encoded.indices, len(ids))
             return np.append(ids, -1)[index.to_numpy(zero_copy_only=False)]
         if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
             self._label_kind("integer", source, name)
             if column.null_count:
-                column = pc.fill_null(column, pa.scalar(0, t))
+                column = _compute().fill_null(column, pa.scalar(0, t))
             raw = column.to_numpy(zero_copy_only=False)
             return self._integer_labels(raw, name, checks, null, source.name)
         raise InputError(
