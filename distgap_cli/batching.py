@@ -42,54 +42,53 @@ def sequential(
     blocks: Iterable[Block], batch_size: int, *, split_files: bool = False
 ) -> Iterator[Batch]:
     """Batches in read order; with ``split_files``, no batch spans two files (the
-    last batch of each file may be short)."""
-    pending: list[Block] = []
+    last batch of each file may be short).
+
+    Batches that lie inside one block are views of it; only a batch that spans
+    blocks is copied together.
+    """
+    carried: list[Block] = []  # rows of earlier blocks, fewer than a batch
     held = 0
     for block in blocks:
-        if split_files and held and pending[-1].file != block.file:
-            batch, pending = _cut(pending, held)
-            held = 0
-            yield batch
-        pending.append(block)
-        held += len(block.labels)
-        while held >= batch_size:
-            batch, pending = _cut(pending, batch_size)
-            held -= batch_size
-            yield batch
-    if held:
-        batch, _ = _cut(pending, held)
-        yield batch
-
-
-def _cut(pending: list[Block], n: int) -> tuple[Batch, list[Block]]:
-    """The first ``n`` rows of ``pending`` as a batch, and what is left."""
-    parts: list[Block] = []
-    need = n
-    rest = list(pending)
-    while need:
-        block = rest.pop(0)
+        if split_files and carried and carried[-1].file != block.file:
+            yield _joined(carried)
+            carried, held = [], 0
         size = len(block.labels)
-        if size <= need:
-            parts.append(block)
-            need -= size
-        else:
-            parts.append(_slice(block, 0, need))
-            rest.insert(0, _slice(block, need, size))
-            need = 0
-    batch = Batch(
-        # One part (the usual case) is kept as a view: stacking copies it anyway.
-        embeddings=(
-            parts[0].embeddings
-            if len(parts) == 1
-            else np.concatenate([p.embeddings for p in parts])
-        ),
+        start = 0
+        if carried:  # complete the batch begun in earlier blocks
+            start = min(batch_size - held, size)
+            carried.append(_slice(block, 0, start))
+            held += start
+            if held == batch_size:
+                yield _joined(carried)
+                carried, held = [], 0
+        while size - start >= batch_size:
+            yield _batch(_slice(block, start, start + batch_size))
+            start += batch_size
+        if start < size:
+            carried.append(_slice(block, start, size))
+            held += size - start
+    if carried:
+        yield _joined(carried)
+
+
+def _batch(block: Block) -> Batch:
+    files = np.full(len(block.labels), block.file, dtype=np.int32)
+    return Batch(block.embeddings, block.labels, block.rows, files)
+
+
+def _joined(parts: list[Block]) -> Batch:
+    """One batch of the rows of ``parts``, in order."""
+    if len(parts) == 1:
+        return _batch(parts[0])
+    return Batch(
+        embeddings=np.concatenate([p.embeddings for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),
         rows=np.concatenate([p.rows for p in parts]),
         files=np.concatenate(
             [np.full(len(p.labels), p.file, dtype=np.int32) for p in parts]
         ),
     )
-    return batch, rest
 
 
 def _slice(block: Block, start: int, stop: int) -> Block:

@@ -202,3 +202,38 @@ def test_singleton_batches_warn_about_health(cli, tmp_path):
         "2",
     )
     assert fixed.exit_code == 0 and "rows per class" not in fixed.stderr
+
+
+@pytest.mark.parametrize("split_files", [False, True])
+def test_sequential_batches_cut_rows_in_read_order(split_files):
+    # Blocks of every size around the batch size, from three files: the
+    # batches hold every row once, in order, batch_size at a time (a file's
+    # last batch may be short when files are split).
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 30, 40)
+    files = np.repeat([0, 1, 2], [13, 13, 14])
+    start, blocks = 0, []
+    for size, file in zip(sizes, files, strict=True):
+        rows = np.arange(start, start + size)
+        x = rows[:, None].astype(np.float32) * [1, -1]
+        blocks.append(Block(x, rows % 7, rows, int(file)))
+        start += size
+    batches = list(batching.sequential(blocks, 8, split_files=split_files))
+
+    rows = np.concatenate([b.rows for b in batches])
+    np.testing.assert_array_equal(rows, np.arange(start))
+    file_of_row = np.repeat(files, sizes)
+    for b in batches:
+        np.testing.assert_array_equal(b.embeddings[:, 0], b.rows)
+        np.testing.assert_array_equal(b.labels, b.rows % 7)
+        np.testing.assert_array_equal(b.files, file_of_row[b.rows])
+    if split_files:
+        assert all(len(set(b.files.tolist())) == 1 for b in batches)
+        ends = np.flatnonzero(np.diff(file_of_row)) + 1
+        cuts = np.cumsum([len(b.rows) for b in batches])
+        assert set(ends.tolist()) <= set(cuts.tolist())
+        for b in batches:
+            last_of_file = b.rows[-1] + 1 in set(ends.tolist()) | {start}
+            assert len(b.rows) == 8 or last_of_file
+    else:
+        assert [len(b.rows) for b in batches[:-1]] == [8] * (len(batches) - 1)
