@@ -5,8 +5,12 @@ operations and runs on whichever library its inputs come from: NumPy arrays on
 the CPU (the command line, with no TensorFlow start-up), TensorFlow tensors on a
 GPU and inside the Keras metrics (eagerly or while a ``tf.function`` traces).
 :func:`namespace` picks the namespace from an input. Both namespaces compute the
-same formulas in float32; they differ only in rounding (different matrix
-product kernels and summation orders).
+same formulas in float32. They differ in rounding (different matrix product
+kernels and summation orders) and in one choice: NumPy computes each batch's
+rows sorted by label, so among candidates at exactly the same score it picks the
+one of the smallest label (then the first in batch order), where TensorFlow picks
+the first in batch order. The values are the same; only which row is reported as
+a nearest negative can differ between a CPU and a GPU run.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 # Elements (not bytes) of the largest broadcast temporary manhattan builds.
 _TILE_ELEMENTS = 1 << 23
 # Values in the core's [K, A, B] temporaries on NumPy (512k: 2 MB of float32),
-# as many as the runner puts in one part: only batches over 724 rows are sliced.
+# as many as the runner puts in one part: a part of one batch is sliced from 725
+# rows on, a part of several batches sooner (see NumpyOps.anchor_rows).
 _ANCHOR_PAIRS = 1 << 19
 # Batches up to this many rows take their Gram matrix as a symmetric product.
 _SYMMETRIC_ROWS = 512
@@ -195,10 +200,13 @@ class NumpyOps:
         ``a_labels`` ``[K, A]`` and ``c_labels`` ``[K, C]`` must be sorted along
         their last axis (a class is then a run of candidates, found by a
         binary search); ``a_ids`` ``[A]`` and ``c_ids`` ``[C]`` tell an anchor
-        from itself among the candidates. Lists cost about 15 passes over the
-        pairs where masks cost about 6 over every anchor-candidate value, so
-        None once pairs are more than ``_PAIR_SHARE`` of the values (or the
-        labels are not sorted).
+        from itself among the candidates. Lists make several gathers and
+        scatters per pair where masks make a few contiguous passes over every
+        anchor-candidate value; they break even near a tenth (cosine, batch
+        256 x 128, one thread: lists 5 to 7 % faster with 1 to 7 % of the values
+        same-class pairs, 18 % slower at 13 %, 40 % slower at 25 %), so None
+        once pairs are more than ``_PAIR_SHARE`` of the values (or the labels
+        are not sorted).
         """
         k, n_a = a_labels.shape
         n_c = c_labels.shape[1]
@@ -209,11 +217,18 @@ class NumpyOps:
         ):
             return None
         # One sorted array over the batches: batch j's labels lifted past j-1's.
-        low = min(a_labels[:, 0].min(), c_labels[:, 0].min())
-        high = max(a_labels[:, -1].max(), c_labels[:, -1].max())
-        lift = (np.arange(k, dtype=np.int64) * (int(high) - int(low) + 1))[:, None]
-        keys = (c_labels.astype(np.int64) + lift).ravel()
-        wanted = (a_labels.astype(np.int64) + lift).ravel()
+        # Labels spread so widely that the lifts would overflow int64 (hashes
+        # as class ids, over several batches) are left to the masks.
+        keys, wanted = c_labels.astype(np.int64), a_labels.astype(np.int64)
+        if k > 1:
+            low = min(int(a_labels[:, 0].min()), int(c_labels[:, 0].min()))
+            high = max(int(a_labels[:, -1].max()), int(c_labels[:, -1].max()))
+            span = high - low + 1
+            if span * k > np.iinfo(np.int64).max // 2:
+                return None
+            lift = (np.arange(k, dtype=np.int64) * span)[:, None]
+            keys, wanted = keys + lift, wanted + lift
+        keys, wanted = keys.ravel(), wanted.ravel()
         base = np.repeat(np.arange(k) * n_c, n_a)
         first = np.searchsorted(keys, wanted, "left") - base
         sizes = np.searchsorted(keys, wanted, "right") - base - first
@@ -246,6 +261,8 @@ class NumpyOps:
         top = reduce.reduceat(values, begins)
         sizes = pairs.sizes[some]
         at_top = values == np.repeat(top, sizes)
+        if np.isnan(top).any():  # as np.argmax: the first NaN wins
+            at_top |= np.isnan(values)
         slot = np.where(at_top, np.arange(len(values)), len(values))
         first = np.minimum.reduceat(slot, begins)
         index.reshape(-1)[some] = pairs.column[first]
@@ -306,9 +323,6 @@ class NumpyOps:
 
     def equal(self, x: Any, y: Any) -> Any:
         return np.equal(x, y)
-
-    def not_equal(self, x: Any, y: Any) -> Any:
-        return np.not_equal(x, y)
 
     def is_finite(self, x: Any) -> Any:
         return np.isfinite(x)
@@ -514,9 +528,6 @@ class TensorFlowOps:
 
     def equal(self, x: Any, y: Any) -> Any:
         return self.tf.equal(x, y)
-
-    def not_equal(self, x: Any, y: Any) -> Any:
-        return self.tf.not_equal(x, y)
 
     def is_finite(self, x: Any) -> Any:
         return self.tf.math.is_finite(x)

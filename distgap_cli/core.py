@@ -5,8 +5,8 @@ batches: labels ``[K, B]``, embeddings ``[K, B, d]`` and a boolean ``mask`` ``[K
 marking the rows that take part (padding rows, and rows with sample weight 0, are
 masked out as anchors and as candidates). A single batch is a stack of one.
 
-The Keras metrics, the command line and the accumulators all call these
-functions; nothing else in distgap computes a distance. The inputs decide the
+The Keras metrics, batch mode and exact mode all call these functions; nothing
+else in distgap computes a distance. The inputs decide the
 library (:mod:`distgap_cli.arrays`): NumPy arrays are computed with NumPy,
 TensorFlow tensors with TensorFlow, by the same code.
 

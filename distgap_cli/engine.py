@@ -2,10 +2,11 @@
 
 Input is read and batched on a background thread (:class:`ReadAhead`) while the
 core computes. Batches are stacked up to :func:`stack_size` at a time into one
-call (a short stack, at the end or from a slow stream, is padded with masked
-rows): on the CPU one call is cut into parts for NumPy threads, on a GPU it is
-one call of a compiled TensorFlow function with a fixed signature, traced once
-per run. Either way the per-call overhead is shared by many batches.
+call: on the CPU one call is cut into parts for NumPy threads (a short stack, at
+the end or from a slow stream, stays short); on a GPU it is one call of a
+compiled TensorFlow function with a fixed signature, traced once per run (a
+short stack is padded with masked rows). Either way the per-call overhead is
+shared by many batches.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ _BYTES_PER_CALL = 1 << 25
 # Bytes of stacks the reader may hold ready ahead of the computation. It fills
 # them while the core computes, and while TensorFlow is imported (GPU runs).
 _READ_AHEAD_BYTES = 1 << 28
-# Seconds to wait for the first batch before importing TensorFlow regardless.
+# Seconds to wait for the first batch before setting up the computation
+# regardless (on a GPU that means importing TensorFlow).
 _FIRST_BATCH_WAIT = 1.0
 # Seconds to wait for the next batch before evaluating a shorter stack: a slow
 # stream is evaluated as it comes instead of once a whole stack has come.
@@ -197,10 +199,12 @@ class BatchEvaluator:
 
 @dataclass
 class Stack:
-    """Batches packed for one compiled call, padded to ``[k, batch_size]``.
+    """Batches packed for one call, as ``[k, batch_size]`` arrays.
 
-    ``real`` batches are real, the rest padding; ``sizes`` and ``first_rows`` give
-    each real batch's row count and the global index of its first row.
+    ``real`` batches are real, the rest padding (masked rows, for a compiled
+    function's fixed shape; a short last batch is padded the same way).
+    ``sizes`` and ``first_rows`` give each real batch's row count and the
+    global index of its first row.
     """
 
     labels: np.ndarray

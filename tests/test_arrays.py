@@ -76,6 +76,33 @@ def test_pick_among_is_a_masked_argmax_without_the_anchor(monkeypatch, pick):
             assert (index[k, i], best[k, i]) == (others[at], values[at])
 
 
+@pytest.mark.parametrize("pick", ["argmax", "argmin"])
+def test_pick_among_takes_the_first_nan_as_argmax_does(monkeypatch, pick):
+    monkeypatch.setattr(arrays, "_PAIR_SHARE", 1.0)
+    labels = np.array([[0, 0, 0, 1, 1, 2, 2, 2]])
+    ids = np.arange(8)
+    scores = np.arange(64, dtype=np.float32).reshape(1, 8, 8)
+    scores[0, 0, 2] = scores[0, 7, 5] = scores[0, 7, 6] = np.nan
+    pairs = xp.class_pairs(labels, labels, ids, ids)
+    fill = -np.inf if pick == "argmax" else np.inf
+    index, best = xp.pick_among(scores, pairs, fill, pick)
+    assert index[0, 0] == 2 and np.isnan(best[0, 0])
+    assert index[0, 7] == 5 and np.isnan(best[0, 7])
+    assert index[0, 3] == 4 and best[0, 3] == scores[0, 3, 4]
+
+
+def test_class_pairs_of_labels_too_far_apart_to_lift(monkeypatch):
+    monkeypatch.setattr(arrays, "_PAIR_SHARE", 1.0)
+    big = 6 * 10**18
+    # One batch (as exact mode's tiles): no lift is needed, the pairs are listed.
+    one = np.array([[-big, -big, big, big]])
+    pairs = xp.class_pairs(one, one, *[np.arange(4)] * 2)
+    assert pairs is not None and pairs.flat.tolist() == [0, 1, 4, 5, 10, 11, 14, 15]
+    # Several batches whose lifts would overflow int64: left to the masks.
+    two = np.array([[-big, -big, big, big], [-big, 0, 0, big]])
+    assert xp.class_pairs(two, two, *[np.arange(4)] * 2) is None
+
+
 def test_fill_pairs_and_exclude_self_write_only_their_pairs(monkeypatch):
     monkeypatch.setattr(arrays, "_PAIR_SHARE", 1.0)
     labels = np.array([[0, 0, 1, 2, 2, 2]])

@@ -35,8 +35,10 @@ def run(name, labels, embeddings, mask=None, library="numpy"):
     m = np.ones(y.shape, bool) if mask is None else np.asarray(mask, bool)[None]
     if library == "tensorflow":
         y, x, m = tf.constant(y), tf.constant(x), tf.constant(m)
-    anchors = core.anchor_stats(canonical(name), y, x, m)
-    stats = core.batch_stats(anchors, m)
+    # NaN stands for "no such pair"; the command's runner quiets NumPy the same way.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        anchors = core.anchor_stats(canonical(name), y, x, m)
+        stats = core.batch_stats(anchors, m)
     out = {k: np.asarray(v)[0] for k, v in stats._asdict().items()}
     out.update({k: np.asarray(v)[0] for k, v in anchors._asdict().items()})
     return out
