@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -782,28 +783,67 @@ def _fail_on(failures: list[str]) -> None:
 
 @contextlib.contextmanager
 def _opened(output: Path | None) -> Iterator[TextIO]:
-    """The report's destination: stdout, or ``output`` written to a temporary file
-    beside it and moved into place only when the command succeeds, so a failed run
-    never leaves a truncated report where a good one was."""
+    """The report's destination: stdout, or ``output``.
+
+    A regular file (or a new one) is written to a temporary file beside it and
+    moved into place only when the command succeeds, so a failed run never
+    leaves a truncated report where a good one was; through a symbolic link,
+    the file it points to is the one replaced. Anything else that exists (a
+    device such as ``/dev/stdout``, a named pipe) is written to directly.
+    """
     if output is None:
         yield sys.stdout
         sys.stdout.flush()
         return
-    folder = output.parent if str(output.parent) else Path(".")
+    if output.exists() and not output.is_file():
+        try:
+            direct = open(output, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write --output {output}: {exc.strerror}"
+            ) from None
+        with direct:
+            yield cast(TextIO, direct)
+        return
+    target = Path(os.path.realpath(output))
     try:
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below)
-            "w", encoding="utf-8", dir=folder, prefix=f".{output.name}.", delete=False
+            "w",
+            encoding="utf-8",
+            dir=target.parent,
+            prefix=f".{target.name}.",
+            delete=False,
         )
     except OSError as exc:
-        raise UsageError(f"cannot write --output {output}: {exc.strerror}") from None
+        hint = (
+            "; create the folder first"
+            if not target.parent.is_dir()
+            else "; choose a folder you can write to"
+        )
+        raise UsageError(
+            f"cannot write --output {output}: {exc.strerror}{hint}"
+        ) from None
     try:
         with handle:
             yield cast(TextIO, handle)
-        os.replace(handle.name, output)
+        os.chmod(handle.name, _file_mode(target))
+        os.replace(handle.name, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a report written to ``path`` gets: those of the file it
+    replaces, else what the umask gives a new file (a temporary file starts
+    private)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 class _ReportConsole(Console):

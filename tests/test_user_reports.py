@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -164,6 +165,53 @@ def test_failed_output_keeps_the_previous_report(cli, tmp_path):
     out = cli("eval", tmp_path / "missing.parquet", "-o", target)
     assert out.exit_code == 2
     assert target.read_text() == "previous report"
+
+
+def test_output_through_a_link_replaces_the_file_it_points_to(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    (tmp_path / "reports").mkdir()
+    real = tmp_path / "reports" / "report.json"
+    real.write_text("previous")
+    real.chmod(0o640)
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    assert cli("eval", path, "-d", "l2", "-f", "json", "-o", link).exit_code == 0
+    assert link.is_symlink()
+    assert json.loads(real.read_text())["schema"] == "distgap.eval/1"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640  # kept, not a private 0600
+
+
+def test_new_output_file_gets_the_usual_permissions(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    target = tmp_path / "report.json"
+    assert cli("eval", path, "-d", "l2", "-f", "json", "-o", target).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_output_to_a_named_pipe_writes_through_it(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    pipe = tmp_path / "report.pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(pipe.read_bytes()), daemon=True
+    )
+    reader.start()
+    out = cli("eval", path, "-d", "l2", "-f", "json", "-o", pipe)
+    reader.join(timeout=30)
+    assert out.exit_code == 0
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # still a pipe, not replaced by a file
+    assert json.loads(received[0])["schema"] == "distgap.eval/1"
+
+
+def test_output_into_a_missing_folder_says_to_create_it(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    out = cli("eval", path, "-d", "l2", "-o", tmp_path / "no" / "report.json")
+    assert out.exit_code == 2
+    assert "create the folder first" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
