@@ -323,7 +323,7 @@ def eval_command(
         typer.Option(
             metavar="X",
             help="Gate: fail (exit 1) unless the gap (in batch mode its mean over "
-            "batches) is at least X.",
+            "batches) is at least X. Not applied to inner_product.",
         ),
     ] = None,
     min_margin: Annotated[
@@ -331,13 +331,17 @@ def eval_command(
         typer.Option(
             metavar="X",
             help="Gate: fail unless the margin (in batch mode its mean over batches) "
-            "is at least X.",
+            "is at least X. Not applied to inner_product.",
         ),
     ] = None,
     max_violation_rate: Annotated[
         float | None,
         typer.Option(
-            metavar="X", help="Gate: fail unless the violation rate is at most X."
+            metavar="X",
+            min=0.0,
+            max=1.0,
+            help="Gate: fail unless the violation rate is at most X (0 to 1). Not "
+            "applied to inner_product.",
         ),
     ] = None,
     baseline: Annotated[
@@ -401,7 +405,9 @@ def eval_command(
         float | None,
         typer.Option(
             metavar="X",
-            help="Gate (--mode exact): fail unless precision@1 is at least X.",
+            min=0.0,
+            max=1.0,
+            help="Gate (--mode exact): fail unless precision@1 is at least X (0 to 1).",
         ),
     ] = None,
     device: Annotated[
@@ -448,8 +454,10 @@ def eval_command(
             )
             if per_file and picked is not Sampler.SEQUENTIAL:
                 raise UsageError("--per-file in batch mode needs --sampler sequential")
+        notes: list[str] = []
         if seed is not None and picked is Sampler.SEQUENTIAL and anchors is None:
-            raise UsageError(
+            # A warning, not an error: CI templates pass one seed to every run.
+            notes.append(
                 "--seed has no effect here: it seeds --sampler shuffle or balanced, "
                 "or --anchors in exact mode"
             )
@@ -476,6 +484,7 @@ def eval_command(
             "max_violation_rate": max_violation_rate,
             "min_precision_at_1": min_precision_at_1,
         }
+        notes += _similarity_gates(gates, chosen)
         wants_anchors = per_class or per_row is not None
 
         found = sources.discover(paths)
@@ -493,6 +502,7 @@ def eval_command(
                 )
                 options.files_apart = per_file and not exact
                 reader = Reader(found, options)
+                notes += reader.ignored_options()
                 err = _err_console()
                 result: Any
                 if exact:
@@ -541,6 +551,7 @@ def eval_command(
                     [src.name for src in reader.sources],
                     reader.label_map,
                 )
+            result.warnings[:0] = notes
             if previous is not None:
                 result.warnings.extend(report.comparable(doc, previous))
                 if ungated:
@@ -575,6 +586,29 @@ def eval_command(
         if "baseline" in doc:
             failures += report.failed_comparisons(doc["baseline"])
         _fail_on(failures)
+
+
+def _similarity_gates(
+    gates: dict[str, float | None], chosen: list[Distance]
+) -> list[str]:
+    """Refuse gates on the hardest pairs that would check only similarities,
+    and say which similarities they leave out otherwise."""
+    from distgap_cli import report
+
+    flags, skipped = report.ungated_similarities(gates, chosen)
+    if not skipped:
+        return []
+    why = (
+        "a similarity's hardest pairs are, as in TensorFlow Similarity, its "
+        "easiest ones, so its gap, margin and violation rate say nothing about "
+        "separation"
+    )
+    if len(skipped) == len(chosen):
+        raise UsageError(
+            f"{' and '.join(flags)} cannot gate {', '.join(skipped)}: {why}; gate a "
+            "distance instead (-d cosine)"
+        )
+    return [f"{' and '.join(flags)} do not gate {', '.join(skipped)}: {why}"]
 
 
 def _baseline_coverage(
@@ -724,9 +758,10 @@ def inspect_command(
                 need_variance=True,
                 limit=limit,
             )
-            doc = inspection.inspect_input(
-                Reader(found, options), batch_size or 256, len(chosen)
-            )
+            reader = Reader(found, options)
+            for note in reader.ignored_options():
+                _err_console().print(f"[yellow]warning:[/] {escape(note)}")
+            doc = inspection.inspect_input(reader, batch_size or 256, len(chosen))
         finally:
             sources.release(found)
         with _opened(output) as out:

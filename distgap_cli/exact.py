@@ -391,8 +391,15 @@ def evaluate_exact(
                 nearest_neg_label=rows.labels[partner],
                 hit=v.hit,
             )
+        warnings = []
+        if settings.anchors is not None and settings.anchors >= len(rows.labels):
+            warnings.append(
+                f"--anchors {settings.anchors} is not fewer than the "
+                f"{len(rows.labels)} rows: every row is an anchor (nothing sampled)"
+            )
         return ExactResult(
             settings=settings,
+            warnings=warnings,
             results={d: summary(v) for d, v in views.items()},
             anchors=anchors,
             classes=len(np.unique(rows.labels)),

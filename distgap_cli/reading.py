@@ -213,12 +213,36 @@ class Reader:
         self.value_type: str | None = None
         self._dim_origin: tuple[str, int] | None = None
         self._first_types: tuple[str, str, str] | None = None
+        if options.embedding_column and options.embedding_prefix:
+            raise UsageError(
+                "--embedding-column and --embedding-prefix both say where the "
+                "embeddings are: give one of them"
+            )
         npy_count = sum(1 for s in sources if s.kind == src.NPY)
         if options.labels and len(options.labels) != npy_count:
             raise UsageError(
                 f"--labels was given {len(options.labels)} time(s) for {npy_count} "
                 ".npy embeddings file(s); give one labels file per embeddings file"
             )
+
+    def ignored_options(self) -> list[str]:
+        """Column options that no input can use (every input is a bare ``.npy``
+        array, which has no columns), as a note for the user."""
+        given = [
+            flag
+            for flag, value in (
+                ("--embedding-column", self.options.embedding_column),
+                ("--label-column", self.options.label_column),
+                ("--embedding-prefix", self.options.embedding_prefix),
+            )
+            if value
+        ]
+        if not given or any(s.kind != src.NPY for s in self.sources):
+            return []
+        return [
+            f"{' and '.join(given)} ignored: .npy files hold one array and no "
+            "columns (labels come from --labels or a .labels.npy file beside each)"
+        ]
 
     @property
     def rows_kept(self) -> int:

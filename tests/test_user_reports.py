@@ -214,6 +214,56 @@ def test_output_into_a_missing_folder_says_to_create_it(cli, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_separation_gates_leave_similarities_out_and_say_so(cli):
+    # inner_product's "hardest" pairs are its easiest (TF Similarity's literal
+    # reading), so its violation rate is 1.0 on well separated embeddings: a
+    # gate on it would fail every build.
+    trained = SAMPLE_DATA / "digits_trained.parquet"
+    gates = ["--min-margin", "0", "--max-violation-rate", "0.05"]
+    out = cli("eval", trained, "-d", "ip", "-d", "cosine", *gates, "-f", "json")
+    assert out.exit_code == 0
+    doc = json.loads(out.stdout)
+    assert {g["distance"] for g in doc["gates"]} == {"cosine"}
+    assert len(doc["gates"]) == 2 and all(g["passed"] for g in doc["gates"])
+    ip = next(r for r in doc["results"] if r["distance"] == "inner_product")
+    assert ip["violation_rate"] > 0.9  # what the gate would have failed on
+    assert "do not gate inner_product" in out.stderr
+
+
+def test_separation_gates_on_a_similarity_alone_are_refused(cli):
+    trained = SAMPLE_DATA / "digits_trained.parquet"
+    out = cli("eval", trained, "-d", "ip", "--min-gap", "0.1")
+    assert out.exit_code == 2 and out.stdout == ""
+    assert "--min-gap cannot gate inner_product" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_column_options_on_bare_npy_inputs_are_noted(cli, tmp_path):
+    np.save(tmp_path / "x.npy", np.asarray(HARDNEG_X, np.float32))
+    np.save(tmp_path / "y.npy", np.asarray(HARDNEG_Y))
+    args = ("--labels", tmp_path / "y.npy", "--embedding-column", "nope")
+    out = cli("eval", tmp_path / "x.npy", *args, "-d", "l2", "-f", "json")
+    assert out.exit_code == 0
+    assert "--embedding-column ignored: .npy files hold one array" in out.stderr
+    inspected = cli("inspect", tmp_path / "x.npy", *args)
+    assert inspected.exit_code == 0 and "--embedding-column ignored" in inspected.stderr
+
+
+def test_embedding_column_and_prefix_together_are_refused(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    both = ("--embedding-column", "embedding", "--embedding-prefix", "f")
+    for command in ("eval", "inspect"):
+        out = cli(command, path, *both)
+        assert out.exit_code == 2 and "give one of them" in out.stderr
+
+
+def test_more_anchors_than_rows_is_noted(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    out = cli("eval", path, "-d", "l2", "--mode", "exact", "--anchors", "50")
+    assert out.exit_code == 0
+    assert "--anchors 50 is not fewer than the 4 rows" in out.stderr
+
+
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
