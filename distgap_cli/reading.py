@@ -318,6 +318,7 @@ class Reader:
                 yield from pa.ipc.open_stream(stream)
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            detail = detail.rstrip(". ")
             raise InputError(
                 f"cannot be read as {source.kind} (truncated or corrupt?): {detail}",
                 file=name,
@@ -1134,8 +1135,8 @@ def map_npy(
     end = data_start + count * dtype.itemsize
     if end > size:
         raise InputError(
-            f"is truncated: its header promises {end - data_start} bytes of data, "
-            f"the file holds {size - data_start}",
+            f"is truncated (its header promises {end - data_start} bytes of data, "
+            f"the file holds {size - data_start})",
             file=name,
             fix="re-save or re-copy the file",
         )

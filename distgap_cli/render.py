@@ -162,7 +162,7 @@ def _caption(doc: dict[str, Any]) -> list[str]:
     ]
     if inp["dropped"]:
         parts = ", ".join(f"{n} {why}" for why, n in inp["dropped"].items())
-        lines.append(f"dropped {sum(inp['dropped'].values())} invalid rows: {parts}")
+        lines.append(f"dropped {sum(inp['dropped'].values())} invalid row(s): {parts}")
     if any(r["similarity"] for r in doc["results"]):
         lines.append(SIMILARITY_NOTE)
     for g in doc.get("gates", []):

@@ -448,11 +448,47 @@ def load_report(path: str) -> dict[str, Any]:
             file=path,
             fix="pass a report saved with distgap eval --format json",
         ) from None
-    schema = doc.get("schema", "") if isinstance(doc, dict) else ""
+    schema = doc.get("schema") if isinstance(doc, dict) else None
     if not str(schema).startswith("distgap.eval/"):
+        found = "has no 'schema' field" if schema is None else f"has schema {schema!r}"
         raise InputError(
-            "is not a distgap report (no 'schema': 'distgap.eval/N')",
+            f"is not a distgap report: it {found}, where a report has "
+            "'distgap.eval/N'",
             file=path,
             fix="pass a report saved with distgap eval --format json",
         )
+    problem = _shape_problem(doc)
+    if problem:
+        raise InputError(
+            f"is not a distgap report as saved: {problem}",
+            file=path,
+            fix="pass a report saved with distgap eval --format json, unedited",
+        )
     return doc
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool)
+    )
+
+
+def _shape_problem(doc: dict[str, Any]) -> str | None:
+    """What makes a document with a report's schema unusable as one: the parts
+    comparisons and gates read must have the types distgap writes."""
+    if not isinstance(doc.get("settings", {}), dict):
+        return "'settings' is not an object"
+    results = doc.get("results")
+    if not isinstance(results, list):
+        return "'results' is not a list"
+    for i, entry in enumerate(results):
+        if not isinstance(entry, dict) or not isinstance(entry.get("distance"), str):
+            return f"results[{i}] is not an object with a 'distance' name"
+        for stat in COMPARED:
+            name = ".".join(stat.path)
+            value = entry.get(stat.path[0])
+            if isinstance(value, dict):
+                value, name = value.get("mean"), name + ".mean"
+            if not _is_number(value):
+                return f"results[{i}].{name} is {value!r}, not a number"
+    return None

@@ -264,6 +264,39 @@ def test_more_anchors_than_rows_is_noted(cli, tmp_path):
     assert "--anchors 50 is not fewer than the 4 rows" in out.stderr
 
 
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"schema": "distgap.eval/1", "results": 3}, "'results' is not a list"),
+        ({"schema": "distgap.eval/1", "results": [7]}, "results[0] is not an object"),
+        (
+            {"schema": "distgap.eval/1", "settings": [], "results": []},
+            "'settings' is not an object",
+        ),
+        (
+            {
+                "schema": "distgap.eval/1",
+                "results": [{"distance": "euclidean", "gap": {"mean": "big"}}],
+            },
+            "results[0].gap.mean is 'big', not a number",
+        ),
+        ({"schema": "other/2", "results": []}, "it has schema 'other/2'"),
+        ({"results": []}, "it has no 'schema' field"),
+    ],
+)
+def test_an_edited_baseline_is_refused_in_one_line(cli, tmp_path, doc, message):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(doc))
+    for out in (
+        cli("eval", path, "-d", "l2", "--baseline", baseline),
+        cli("compare", baseline, baseline),
+    ):
+        assert out.exit_code == 2, out.stderr
+        assert message in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
