@@ -13,26 +13,31 @@ from typing import Any
 
 import numpy as np
 
+from distgap_cli.backend import worker_count
 from distgap_cli.reading import Reader
 
 SCHEMA = "distgap.inspect/1"
 
 # Rough costs on a 2-core x86-64 machine, from bench/run.py: start-up on the CPU
 # (NumPy; a GPU adds TensorFlow's import, seconds) and rows per second per
-# distance at d = 128, batch 256.
+# distance and per core at d = 128, batch 256 (a little under the benchmark's
+# figure, whose batches hold few same-class pairs).
 _STARTUP_SECONDS = 0.5
-_ROWS_PER_SECOND_AT_128 = 450_000.0
+_ROWS_PER_SECOND_PER_CORE = 225_000.0
 
 
-def estimate_seconds(rows: int, dim: int, batch_size: int, distances: int) -> float:
-    """A rough wall-time estimate for ``distgap eval`` in batch mode.
+def estimate_seconds(
+    rows: int, dim: int, batch_size: int, distances: int, cores: int
+) -> float:
+    """A rough wall-time estimate for ``distgap eval`` in batch mode on ``cores``
+    CPU cores (one NumPy thread each).
 
     The work per row grows with the batch size and the dimension (one Gram row of
     ``batch_size`` dot products of length ``dim``), plus a fixed cost per batch
     entry; the constants come from the benchmark on a 2-core machine.
     """
     scale = (batch_size / 256) * (0.5 + 0.5 * dim / 128)
-    per_distance = rows * scale / _ROWS_PER_SECOND_AT_128
+    per_distance = rows * scale / (_ROWS_PER_SECOND_PER_CORE * max(cores, 1))
     return _STARTUP_SECONDS + per_distance * max(distances, 1)
 
 
@@ -51,6 +56,7 @@ def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, 
             unit += int((np.abs(norms - 1.0) <= 1e-3).sum())
         rows += len(norms)
 
+    cores = worker_count()
     ids, sizes = np.unique(np.concatenate(labels) if labels else [], return_counts=True)
     dim = reader.dim or 0
     return {
@@ -78,6 +84,7 @@ def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, 
         "estimate": {
             "batch_size": batch_size,
             "distances": distances,
-            "eval_seconds": estimate_seconds(rows, dim, batch_size, distances),
+            "cpu_cores": cores,
+            "eval_seconds": estimate_seconds(rows, dim, batch_size, distances, cores),
         },
     }

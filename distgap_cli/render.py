@@ -437,6 +437,10 @@ def comparison_text(doc: dict[str, Any], fmt: str) -> str:
 # distgap inspect -------------------------------------------------------------
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def inspection_table(doc: dict[str, Any], console: Console) -> None:
     """Print what ``distgap inspect`` found, one line per fact."""
     sizes, norms = doc["class_sizes"], doc["norms"]
@@ -447,16 +451,15 @@ def inspection_table(doc: dict[str, Any], console: Console) -> None:
         ("dimension", f"{doc['dimension']} ({doc['value_type']})"),
         ("labels", doc["labels"]["kind"]),
         ("classes", str(doc["classes"])),
-        (
-            "class sizes",
-            f"min {sizes['min']}, median {_number(sizes['median'], 1)}, "
-            f"max {sizes['max']}, {sizes['singletons']} with one row",
-        ),
-        (
-            "norms",
-            f"min {_number(norms['min'])}, mean {_number(norms['mean'])}, "
-            f"max {_number(norms['max'])}",
-        ),
+        # One figure per line: a narrow terminal then never wraps one apart
+        # from its name, and each greps on its own.
+        ("class size min", str(sizes["min"])),
+        ("class size median", _number(sizes["median"], 1)),
+        ("class size max", str(sizes["max"])),
+        ("classes of one row", str(sizes["singletons"])),
+        ("norm min", _number(norms["min"])),
+        ("norm mean", _number(norms["mean"])),
+        ("norm max", _number(norms["max"])),
         ("unit length", f"{_number(norms['unit_length_share'], 4)} of rows"),
     ]
     for reason, count in doc["invalid"].items():
@@ -465,8 +468,9 @@ def inspection_table(doc: dict[str, Any], console: Console) -> None:
     lines.append(
         (
             "eval estimate",
-            f"about {estimate['eval_seconds']:.0f} s for {estimate['distances']} "
-            f"distance(s) at batch size {estimate['batch_size']} on 2 CPU cores",
+            f"about {_seconds(estimate['eval_seconds'])} s for {estimate['distances']} "
+            f"distance(s) at batch size {estimate['batch_size']} on "
+            f"{estimate['cpu_cores']} CPU core(s)",
         )
     )
     grid = Table(box=box.HEAVY_HEAD, show_header=False)

@@ -452,8 +452,7 @@ def load_report(path: str) -> dict[str, Any]:
     if not str(schema).startswith("distgap.eval/"):
         found = "has no 'schema' field" if schema is None else f"has schema {schema!r}"
         raise InputError(
-            f"is not a distgap report: it {found}, where a report has "
-            "'distgap.eval/N'",
+            f"is not a distgap report: it {found}, where a report has 'distgap.eval/N'",
             file=path,
             fix="pass a report saved with distgap eval --format json",
         )
