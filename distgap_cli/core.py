@@ -6,9 +6,9 @@ marking the rows that take part (padding rows, and rows with sample weight 0, ar
 masked out as anchors and as candidates). A single batch is a stack of one.
 
 The Keras metrics, batch mode and exact mode all call these functions; nothing
-else in distgap computes a distance. The inputs decide the
-library (:mod:`distgap_cli.arrays`): NumPy arrays are computed with NumPy,
-TensorFlow tensors with TensorFlow, by the same code.
+else in distgap computes a distance. The inputs decide the library
+(:mod:`distgap_cli.arrays`): NumPy arrays are computed with NumPy, TensorFlow
+tensors with TensorFlow, by the same code.
 
 Accuracy. Distances with a Gram form (cosine, euclidean, squared euclidean, snr)
 are first computed through matrix products, which are fast but cancel badly for
