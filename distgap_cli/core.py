@@ -356,6 +356,11 @@ def anchor_stats(
     """
     xp = namespace(x)
     x = xp.float32(x)
+    if not xp.known_all(mask):
+        # Rows that take no part reach no figure, whatever they hold: a NaN in a
+        # row of sample weight 0 would otherwise spread through the batch mean
+        # that centres the Gram form.
+        x = xp.where(mask[..., None], x, 0.0)
     if not full:
         return _hardest_only(xp, distance, labels, x, mask)
     matrix = pairwise(distance, x, mask)
