@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import io
 import os
 import stat
 import sys
@@ -954,6 +956,37 @@ def _emit(doc: dict, fmt: Format, out: TextIO) -> None:
     out.flush()
 
 
+class _ClosedOutput(io.TextIOBase):
+    """Standard output when distgap was started without one (``>&-``): writing
+    the report there fails like writing to a closed descriptor, which the
+    command reports in one line (exit 2)."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+def _stand_in_for_closed_streams() -> None:
+    """Python has None for a standard stream that was closed when it started.
+    The closed descriptors are filled with /dev/null, so that no file distgap
+    opens takes their number; a report for stdout then fails in one line
+    instead of a traceback, and a closed stderr swallows messages but keeps the
+    exit codes."""
+    for number, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                if null != number:
+                    os.dup2(null, number)
+                    os.close(null)
+    if sys.stdout is None:
+        sys.stdout = _ClosedOutput()
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (kept)
+
+
 def main() -> NoReturn:
     """Console-script entry point: run, flush, and leave at once.
 
@@ -963,6 +996,7 @@ def main() -> NoReturn:
     Everything distgap writes is complete and closed by the time ``_run``
     returns; temporary files are removed on the way.
     """
+    _stand_in_for_closed_streams()
     code = _run()
     try:
         sys.stdout.flush()

@@ -278,6 +278,42 @@ def test_a_report_to_a_closed_stdout_ends_quietly(fmt):
     assert stderr == b""
 
 
+def _started_without(stream: int, *args: str) -> subprocess.CompletedProcess:
+    """``distgap eval`` on the sample data, started with fd ``stream`` closed."""
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    trained = str(SAMPLE_DATA / "digits_trained.parquet")
+    return subprocess.run(
+        [*command, "eval", trained, *args],
+        stdout=None if stream == 1 else subprocess.PIPE,
+        stderr=None if stream == 2 else subprocess.PIPE,
+        preexec_fn=lambda: os.close(stream),
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_started_without_stdout(tmp_path):
+    # `distgap eval ... >&-`: the report cannot be written, one line says so.
+    out = _started_without(1, "-f", "json")
+    assert out.returncode == 2
+    assert out.stderr.decode().strip() == (
+        "error: cannot write the report: standard output is closed"
+    )
+    # With --output the report does not need stdout at all.
+    report = tmp_path / "report.json"
+    out = _started_without(1, "-f", "json", "-o", str(report))
+    assert out.returncode == 0 and out.stderr == b""
+    assert json.loads(report.read_text())["schema"] == "distgap.eval/1"
+
+
+@pytest.mark.slow
+def test_started_without_stderr_keeps_the_exit_codes():
+    out = _started_without(2, "-f", "json")
+    assert out.returncode == 0 and json.loads(out.stdout)["results"]
+    assert _started_without(2, "-f", "json", "--min-margin", "1").returncode == 1
+
+
 @pytest.mark.slow
 def test_interrupt_exits_130_without_traceback(tmp_path):
     # About a minute of manhattan work on two cores, interrupted after six seconds.
