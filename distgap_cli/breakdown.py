@@ -175,7 +175,14 @@ def write_per_row(
             part["nearest_neighbour_same_label"] = pa.array(anchors.hit, pa.bool_())
         parts.append(pa.table(part))
     table = pa.concat_tables(parts, promote_options="default")
+    # Made in memory and written as bytes, so that a pipe or /dev/stdout takes
+    # it as well as a file does (Parquet's writer wants to seek).
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
     try:
-        pq.write_table(table, path)
+        with open(path, "wb") as handle:
+            handle.write(buffer.getvalue())
     except OSError as exc:
-        raise UsageError(f"cannot write --per-row {path}: {exc}") from None
+        raise UsageError(
+            f"cannot write --per-row {path}: {exc.strerror or exc}"
+        ) from None

@@ -637,11 +637,21 @@ def _baseline_coverage(
 def _refuse_overwriting(found: list[Any], *targets: Path | None) -> None:
     """Stop before a report would be written over one of the inputs."""
     inputs = {Path(s.path).resolve() for s in found if s.name != "<stdin>"}
+    seen: set[Path] = set()
     for target in targets:
-        if target is not None and target.resolve() in inputs:
+        if target is None:
+            continue
+        where = target.resolve()
+        if where in inputs:
             raise UsageError(
                 f"{target} is one of the inputs; write the report somewhere else"
             )
+        if where in seen and (where.is_file() or not where.exists()):
+            raise UsageError(
+                f"{target} is given for two outputs (--output and --per-row); "
+                "give each its own file"
+            )
+        seen.add(where)
 
 
 def _check_exact_flags(
@@ -843,6 +853,11 @@ def _opened(output: Path | None) -> Iterator[TextIO]:
             yield cast(TextIO, direct)
         return
     target = Path(os.path.realpath(output))
+    if target.exists() and not _writable(target):
+        raise UsageError(
+            f"cannot write --output {output}: it is read-only; make it writable "
+            "or choose another path"
+        )
     try:
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below)
             "w",
@@ -864,11 +879,19 @@ def _opened(output: Path | None) -> Iterator[TextIO]:
         with handle:
             yield cast(TextIO, handle)
         os.chmod(handle.name, _file_mode(target))
-        os.replace(handle.name, target)
+        try:
+            os.replace(handle.name, target)
+        except OSError as exc:  # named after the report, not the temporary file
+            raise OSError(exc.errno, exc.strerror, str(output)) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
         raise
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (a shell's ``>`` would succeed)."""
+    return os.access(path, os.W_OK)
 
 
 def _file_mode(path: Path) -> int:

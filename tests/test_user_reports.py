@@ -10,6 +10,8 @@ import sys
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from .conftest import (
@@ -295,6 +297,43 @@ def test_an_edited_baseline_is_refused_in_one_line(cli, tmp_path, doc, message):
         assert out.exit_code == 2, out.stderr
         assert message in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_one_path_for_two_outputs_is_refused(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    same = tmp_path / "out.json"
+    out = cli("eval", path, "-d", "l2", "--per-row", same, "-o", same)
+    assert out.exit_code == 2 and "given for two outputs" in out.stderr
+    assert not same.exists()
+
+
+def test_per_row_goes_through_a_pipe(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    pipe = tmp_path / "rows.pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(
+        target=lambda: received.append(pipe.read_bytes()), daemon=True
+    )
+    reader.start()
+    out = cli("eval", path, "-d", "l2", "--per-row", pipe, "-f", "json")
+    reader.join(timeout=30)
+    assert out.exit_code == 0, out.stderr
+    rows = pq.read_table(pa.BufferReader(received[0]))
+    assert rows.num_rows == 4 and rows.column("hardest_pos").to_pylist()[0] == 1.0
+
+
+def test_a_read_only_report_is_not_replaced(cli, tmp_path, monkeypatch):
+    from distgap_cli import cli as cli_module
+
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    target = tmp_path / "report.json"
+    target.write_text("kept")
+    # As root every file is writable; pretend it is not, as for anyone else.
+    monkeypatch.setattr(cli_module, "_writable", lambda path: False)
+    out = cli("eval", path, "-d", "l2", "-o", target)
+    assert out.exit_code == 2 and "it is read-only" in out.stderr
+    assert target.read_text() == "kept"
 
 
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
