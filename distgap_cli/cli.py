@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO, cast
+from typing import Annotated, Any, Literal, NoReturn, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -83,8 +83,16 @@ class OnInvalid(enum.StrEnum):
     SKIP = "skip"
 
 
+def _color_system() -> Literal["auto"] | None:
+    """rich's colour system: none at all under ``NO_COLOR``, whose readers want no
+    escape codes (rich itself drops only the colours and keeps bold)."""
+    return None if os.environ.get("NO_COLOR") else "auto"
+
+
 def _err_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(
+        stderr=True, highlight=False, soft_wrap=True, color_system=_color_system()
+    )
 
 
 @contextlib.contextmanager
@@ -916,7 +924,7 @@ class _ReportConsole(Console):
 
 def _console(out: TextIO) -> Console:
     if out is sys.stdout:
-        return _ReportConsole(highlight=False)
+        return _ReportConsole(highlight=False, color_system=_color_system())
     return _ReportConsole(file=out, width=100, no_color=True, highlight=False)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -399,3 +401,26 @@ def test_no_color_and_piped_output_hold_no_escapes(hardneg):
     out = _run(["eval", str(hardneg), "-d", "l2", "--min-gap", "9"], env=env)
     assert out.returncode == 1
     assert b"\x1b" not in out.stdout and b"\x1b" not in out.stderr
+
+
+@pytest.mark.slow
+def test_no_color_on_a_terminal_holds_no_escapes(hardneg):
+    # rich alone drops the colours under NO_COLOR but keeps bold.
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    leader, follower = pty.openpty()
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "100", "TERM": "xterm"}
+    child = subprocess.Popen(
+        [*command, "eval", str(hardneg), "-d", "l2", "--min-gap", "9"],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):  # the terminal closes with the child
+        while chunk := os.read(leader, 65536):
+            shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=300) == 1
+    assert b"euclidean" in shown and b"\x1b" not in shown
