@@ -710,6 +710,7 @@ def compare_command(
         Format, typer.Option("--format", "-f", help="Output format.")
     ] = Format.TABLE,
     output: OutputOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Compare two saved reports, statistic by statistic, with the same gates.
 
@@ -721,7 +722,8 @@ def compare_command(
         drop = report.parse_drop(max_drop) if max_drop is not None else None
         old = report.load_report(str(baseline))
         new = report.load_report(str(current))
-        for warning in report.comparable(new, old):
+        warnings = report.comparable(new, old)
+        for warning in [] if quiet else warnings:
             _err_console().print(f"[yellow]warning:[/] {escape(warning)}")
         doc = {
             "schema": report.COMPARE_SCHEMA,

@@ -409,12 +409,28 @@ def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
             "compare reports made with the same --mode"
         )
     warnings = []
-    for key in ("batch_size", "sampler", "classes_per_batch", "examples_per_class"):
+    if mine.get("mode") == "exact":
+        settings, depend = ("anchors", "seed"), "sampled anchors give other figures"
+    else:
+        settings = ("batch_size", "sampler", "classes_per_batch", "examples_per_class")
+        depend = "per-batch figures depend on it"
+    for key in settings:
         if mine.get(key) != theirs.get(key):
             warnings.append(
                 f"the baseline used {key} {theirs.get(key)} and this report "
-                f"{mine.get(key)}: per-batch figures depend on it"
+                f"{mine.get(key)}: {depend}"
             )
+    ours = {e.get("distance") for e in current.get("results", [])}
+    dropped = [
+        str(e.get("distance"))
+        for e in baseline.get("results", [])
+        if e.get("distance") not in ours
+    ]
+    if dropped:
+        warnings.append(
+            f"the baseline also holds {', '.join(dropped)}, which this report does "
+            "not: not compared"
+        )
     return warnings
 
 

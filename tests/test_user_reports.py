@@ -336,6 +336,32 @@ def test_a_read_only_report_is_not_replaced(cli, tmp_path, monkeypatch):
     assert target.read_text() == "kept"
 
 
+def test_distances_only_the_baseline_holds_are_named(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    wide, narrow = tmp_path / "wide.json", tmp_path / "narrow.json"
+    wide.write_text(cli("eval", path, "-d", "l2", "-d", "l1", "-f", "json").stdout)
+    narrow.write_text(cli("eval", path, "-d", "l2", "-f", "json").stdout)
+    out = cli("compare", wide, narrow, "--max-drop", "5%")
+    assert out.exit_code == 0
+    assert "the baseline also holds manhattan, which this report does not" in (
+        out.stderr
+    )
+    gated = cli("eval", path, "-d", "l2", "--baseline", wide, "-f", "json")
+    assert "the baseline also holds manhattan" in gated.stderr
+    assert cli("compare", wide, narrow, "-q").stderr == ""
+
+
+def test_exact_reports_with_other_anchors_are_compared_with_a_warning(cli, tmp_path):
+    x, y = np.tile(HARDNEG_X, (3, 1)), np.tile(HARDNEG_Y, 3)
+    path = write_parquet(tmp_path / "h.parquet", x + np.arange(12)[:, None] * 0.01, y)
+    whole, sampled = tmp_path / "whole.json", tmp_path / "sampled.json"
+    exact = ("eval", path, "-d", "l2", "--mode", "exact", "-f", "json")
+    whole.write_text(cli(*exact).stdout)
+    sampled.write_text(cli(*exact, "--anchors", "5", "--seed", "1").stdout)
+    out = cli("compare", whole, sampled)
+    assert "the baseline used anchors None and this report 5" in out.stderr
+
+
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
