@@ -607,26 +607,36 @@ def _check_batches(result: EvalResult) -> None:
             "--batch-size"
         )
     health = result.health
+    sampler = result.settings.sampler
+    # A balanced sampler already draws classes of several rows: what is left to
+    # change is how many, or which classes take part.
+    more_rows = (
+        "raise --examples-per-class, or leave out classes of one row"
+        if sampler == "balanced"
+        else "try --sampler balanced"
+    )
     if health["mean_rows_per_class"] < 2 or health["anchors_with_positive"] < 0.5:
         result.warnings.append(
             f"batches hold {health['mean_rows_per_class']:.2f} rows per class on "
             f"average and {health['anchors_with_positive']:.0%} of anchors have a "
-            "positive; the gap needs classes with 2 or more rows in a batch: try "
-            "--sampler balanced"
+            f"positive; the gap needs classes with 2 or more rows in a batch: "
+            f"{more_rows}"
         )
     skipped = no_pos + no_neg
     if skipped and skipped * 10 >= total:
-        shuffled = result.settings.sampler != "sequential"
-        if no_neg >= no_pos and not shuffled:
+        if no_neg >= no_pos and sampler == "sequential":
             hint = "the input looks sorted by label; try --shuffle"
         elif no_neg >= no_pos:
-            hint = "one class fills most batches; try --sampler balanced"
-        else:
-            hint = "most classes have too few rows per batch; try " + (
-                "--sampler balanced or a larger --batch-size"
-                if shuffled
-                else "--shuffle or a larger --batch-size"
+            hint = "one class fills most batches; " + (
+                "raise --classes-per-batch"
+                if sampler == "balanced"
+                else "try --sampler balanced"
             )
+        elif sampler == "sequential":
+            hint = "most classes have too few rows per batch; try --shuffle or a "
+            hint += "larger --batch-size"
+        else:
+            hint = f"most classes have too few rows per batch; {more_rows}"
         result.warnings.append(
             f"{skipped} of {total} batches were skipped ({no_pos} without a positive "
             f"pair, {no_neg} without a negative pair, i.e. a single class): {hint}"

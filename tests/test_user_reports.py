@@ -362,6 +362,22 @@ def test_exact_reports_with_other_anchors_are_compared_with_a_warning(cli, tmp_p
     assert "the baseline used anchors None and this report 5" in out.stderr
 
 
+def test_a_balanced_run_is_not_told_to_use_the_balanced_sampler(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.repeat(np.arange(5), 30), np.arange(100, 150)])
+    x = rng.normal(size=(len(labels), 8)).astype(np.float32)
+    path = write_parquet(tmp_path / "singletons.parquet", x, labels)
+    balanced = ("--sampler", "balanced", "--classes-per-batch", "8")
+    out = cli("eval", path, *balanced, "--examples-per-class", "4", "-f", "json")
+    assert out.exit_code == 0
+    assert "raise --examples-per-class, or leave out classes of one row" in (
+        " ".join(out.stderr.split())
+    )
+    assert "try --sampler balanced" not in out.stderr
+    plain = cli("eval", path, "-b", "32", "-f", "json")
+    assert "try --shuffle" in plain.stderr
+
+
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
