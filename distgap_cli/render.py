@@ -300,10 +300,12 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def _md_escape(text: str) -> str:
-    """Escape the characters Markdown would read as markup or table syntax."""
-    for char in "\\`*_|[]":
+    """Escape the characters Markdown would read as markup or table syntax; a
+    line break (a string label may hold one) would end the table row, so it
+    becomes ``<br>``."""
+    for char in "\\`*_|[]<>":
         text = text.replace(char, "\\" + char)
-    return text
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
 
 
 def _md_table(rows: list[dict[str, str]]) -> list[str]:

@@ -378,6 +378,15 @@ def test_a_balanced_run_is_not_told_to_use_the_balanced_sampler(cli, tmp_path):
     assert "try --shuffle" in plain.stderr
 
 
+def test_a_line_break_in_a_label_keeps_the_markdown_table_whole(cli, tmp_path):
+    labels = ["new\nline", "new\nline", "plain|pipe", "plain|pipe"]
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, labels)
+    md = cli("eval", path, "-d", "l2", "--per-class", "-f", "markdown").stdout
+    rows = [line for line in md.splitlines() if line.startswith("| new")]
+    assert rows and all(line.endswith("|") for line in rows)
+    assert "new<br>line" in rows[0] and "plain\\|pipe" in md
+
+
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
