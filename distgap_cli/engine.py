@@ -635,8 +635,11 @@ def _check_batches(result: EvalResult) -> None:
         elif sampler == "sequential":
             hint = "most classes have too few rows per batch; try --shuffle or a "
             hint += "larger --batch-size"
-        else:
+        elif sampler == "balanced":
             hint = f"most classes have too few rows per batch; {more_rows}"
+        else:
+            hint = "most classes have too few rows per batch; try --sampler "
+            hint += "balanced or a larger --batch-size"
         result.warnings.append(
             f"{skipped} of {total} batches were skipped ({no_pos} without a positive "
             f"pair, {no_neg} without a negative pair, i.e. a single class): {hint}"
