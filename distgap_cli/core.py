@@ -90,8 +90,20 @@ def _gram_rows(xp: Any, distance: Distance, x: Any, mask: Any) -> Any:
     if distance in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN):
         return x - _masked_mean(xp, x, mask)
     if distance is Distance.SNR:
-        return x - xp.mean(x, keepdims=True)
+        return _row_centred(xp, x)
     return x
+
+
+def _row_centred(xp: Any, x: Any) -> Any:
+    """Each row minus its mean, its first value taken out first.
+
+    For rows far from zero against their spread (values near 3e4 that vary by
+    1e-2) the float32 mean is off by about its rounding, as much as the spread;
+    the first value's subtraction is exact there and leaves small numbers whose
+    mean is accurate. snr reads nothing but these differences.
+    """
+    shifted = x - x[..., :1]
+    return shifted - xp.mean(shifted, keepdims=True)
 
 
 def pairwise(distance: Distance, x: Any, mask: Any) -> Any:
@@ -124,8 +136,8 @@ def _direct(xp: Any, distance: Distance, anchors: Any, diff: Any) -> Any:
         return xp.sqrt(xp.squared_norm(diff))
     if distance is Distance.SQUARED_EUCLIDEAN:
         return xp.squared_norm(diff)
-    # snr
-    return xp.var(diff) / xp.var(anchors)
+    # snr (variance is shift-free: anchors are shifted as _row_centred does)
+    return xp.var(diff) / xp.var(anchors - anchors[..., :1])
 
 
 def _needs_refinement(distance: Distance) -> bool:
@@ -172,8 +184,8 @@ def _scores(
         # 1 - a.c on unit rows: the product itself, in reverse order.
         return (xp.gram(c) if alone else xp.matmul_t(a, c)), -1.0
     if distance is Distance.SNR:
-        c = c - xp.mean(c, keepdims=True)
-        a = c if alone else a - xp.mean(a, keepdims=True)
+        c = _row_centred(xp, c)
+        a = c if alone else _row_centred(xp, a)
     shift = _masked_mean(xp, c, c_mask)
     zc = c - shift
     # |a - c|^2 = |a|^2 - 2 (a.c - |c|^2 / 2), and |a|^2 is constant along a row.

@@ -204,6 +204,25 @@ def test_c5_no_cancellation(library, name, max_pos, min_neg, gap):
         assert (got[key] >= 0).all()
 
 
+@pytest.mark.parametrize("full", [True, False])
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_snr_of_rows_far_from_zero(library, full):
+    # Values near 3e4 varying by 1e-2: a float32 row mean is off by about as
+    # much as the spread, which once put snr figures 2 % off.
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(64, 16)) * 1e-2 + 3e4).astype(np.float32)
+    y = rng.integers(0, 6, 64)
+    want = reference_batch("snr", y, x.astype(np.float64))
+    args = (y.reshape(1, -1), x[None], np.ones((1, 64), bool))
+    if library == "tensorflow":
+        args = tuple(tf.constant(a) for a in args)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        anchors = core.anchor_stats(Distance.SNR, *args, full=full)
+    got = core.batch_stats(anchors, args[2])
+    assert float(np.asarray(got.max_pos)[0]) == pytest.approx(want["max_pos"], rel=1e-4)
+    assert float(np.asarray(got.min_neg)[0]) == pytest.approx(want["min_neg"], rel=1e-4)
+
+
 def test_pairwise_never_negative_and_self_distance_zero():
     x, _ = c5_rows()
     mask = tf.ones((1, 5), tf.bool)
