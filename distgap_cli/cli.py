@@ -495,6 +495,12 @@ def eval_command(
             "min_precision_at_1": min_precision_at_1,
         }
         notes += _similarity_gates(gates, chosen)
+        if fmt is Format.CSV and baseline is not None:
+            notes.append(
+                "CSV holds one line per distance and no baseline comparisons (the "
+                "--max-drop gate still applies); --format json, jsonl, markdown or "
+                "table show them"
+            )
         wants_anchors = per_class or per_row is not None
 
         found = sources.discover(paths)

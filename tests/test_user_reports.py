@@ -387,6 +387,14 @@ def test_a_line_break_in_a_label_keeps_the_markdown_table_whole(cli, tmp_path):
     assert "new<br>line" in rows[0] and "plain\\|pipe" in md
 
 
+def test_csv_says_it_leaves_the_baseline_comparisons_out(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    base = tmp_path / "base.json"
+    base.write_text(cli("eval", path, "-d", "l2", "-f", "json").stdout)
+    out = cli("eval", path, "-d", "l2", "-f", "csv", "--baseline", base)
+    assert out.exit_code == 0 and "no baseline comparisons" in out.stderr
+
+
 def test_gates_appear_in_table_and_markdown(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
