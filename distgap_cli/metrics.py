@@ -128,12 +128,24 @@ class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,mi
                 "Argument `labels` must hold one label per row, shape (B,) or "
                 f"(B, 1); received shape {tuple(labels.shape)}"
             )
+        if not (labels.dtype.is_integer or labels.dtype.is_floating):
+            raise ValueError(
+                "Argument `labels` must hold integer class ids; received dtype "
+                f"{labels.dtype.name} (map string labels to integers first)"
+            )
+        if x.shape.rank is not None and x.shape.rank != 2:
+            raise ValueError(
+                "Argument `embeddings` must have shape (B, d); received shape "
+                f"{tuple(x.shape)}"
+            )
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
         if sample_weight is None:
             mask = tf.ones_like(labels, dtype=tf.bool)
         else:
             weights = tf.reshape(tf.convert_to_tensor(sample_weight), [-1])
-            mask = tf.not_equal(weights, 0) & tf.ones_like(labels, dtype=tf.bool)
+            if weights.dtype != tf.bool:
+                weights = tf.not_equal(weights, tf.zeros_like(weights))
+            mask = weights & tf.ones_like(labels, dtype=tf.bool)
         fn = batch_value(self.distance, self._statistic())
         value, valid = fn(labels[None], x[None], mask[None])
         value, valid = value[0], valid[0]

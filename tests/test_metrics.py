@@ -74,6 +74,23 @@ def test_labels_must_be_one_per_row():
         DistanceGapMetric("euclidean").update_state(np.zeros((4, 2), int), HARDNEG_X)
 
 
+def test_string_labels_and_wrong_shapes_are_value_errors():
+    x = np.asarray(HARDNEG_X, np.float32)
+    metric = DistanceGapMetric("euclidean")
+    with pytest.raises(ValueError, match="integer class ids"):
+        metric.update_state(np.array(["a", "a", "b", "b"]), x)
+    with pytest.raises(ValueError, match=r"shape \(B, d\)"):
+        metric.update_state(HARDNEG_Y, x[None])
+
+
+def test_boolean_sample_weight_is_a_mask():
+    x = np.concatenate([HARDNEG_X, [[2.5]]]).astype(np.float32)
+    y = np.concatenate([HARDNEG_Y, [0]])
+    metric = DistanceGapMetric("euclidean")
+    metric.update_state(y, x, sample_weight=np.array([True] * 4 + [False]))
+    assert value(metric) == pytest.approx(5.0)
+
+
 def test_sample_weight_zero_leaves_rows_out():
     x = np.concatenate([HARDNEG_X, [[2.5]]]).astype(np.float32)
     y = np.concatenate([HARDNEG_Y, [0]])
