@@ -409,6 +409,7 @@ def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
             "compare reports made with the same --mode"
         )
     warnings = []
+    settings: tuple[str, ...]
     if mine.get("mode") == "exact":
         settings, depend = ("anchors", "seed"), "sampled anchors give other figures"
     else:
