@@ -848,16 +848,30 @@ def _fail_on(failures: list[str]) -> None:
 def _opened(output: Path | None) -> Iterator[TextIO]:
     """The report's destination: stdout, or ``output``.
 
+    An ``output`` that stdout or stderr already writes to (``/dev/stdout``, or
+    the file a shell sent stdout to) is written through that stream: reopening
+    it would truncate a file opened with ``>>``. Otherwise see
+    :func:`_report_file`.
+    """
+    stream = sys.stdout if output is None else _standard_stream(output)
+    if stream is not None:
+        yield stream
+        stream.flush()
+    else:
+        with _report_file(cast(Path, output)) as handle:
+            yield handle
+
+
+@contextlib.contextmanager
+def _report_file(output: Path) -> Iterator[TextIO]:
+    """``output`` opened for the report.
+
     A regular file (or a new one) is written to a temporary file beside it and
     moved into place only when the command succeeds, so a failed run never
     leaves a truncated report where a good one was; through a symbolic link,
     the file it points to is the one replaced. Anything else that exists (a
-    device such as ``/dev/stdout``, a named pipe) is written to directly.
+    device, a named pipe) is written to directly.
     """
-    if output is None:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
     if output.exists() and not output.is_file():
         try:
             direct = open(output, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
@@ -903,6 +917,22 @@ def _opened(output: Path | None) -> Iterator[TextIO]:
         with contextlib.suppress(OSError):
             os.unlink(handle.name)
         raise
+
+
+def _standard_stream(output: Path) -> TextIO | None:
+    """stdout or stderr when ``output`` is the file one of them already writes
+    to (``-o /dev/stdout``, ``/dev/fd/2``, or the file stdout is redirected to)."""
+    try:
+        target = os.stat(output)
+    except OSError:
+        return None
+    for number, stream in ((1, sys.stdout), (2, sys.stderr)):
+        try:
+            if os.path.samestat(target, os.fstat(number)):
+                return stream
+        except OSError:
+            continue
+    return None
 
 
 def _writable(path: Path) -> bool:
@@ -1013,10 +1043,10 @@ def _stand_in_for_closed_streams() -> None:
     opens takes their number; a report for stdout then fails in one line
     instead of a traceback, and a closed stderr swallows messages but keeps the
     exit codes."""
-    for number, name in ((1, "stdout"), (2, "stderr")):
+    for number, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         if getattr(sys, name) is None:
             with contextlib.suppress(OSError):
-                null = os.open(os.devnull, os.O_WRONLY)
+                null = os.open(os.devnull, os.O_RDWR)
                 if null != number:
                     os.dup2(null, number)
                     os.close(null)
@@ -1053,6 +1083,12 @@ def _run() -> int:
     """Run the command line; usage errors become one line on stderr."""
     try:
         code = app(standalone_mode=False)
+    except BrokenPipeError:
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # help or a usage error for a closed stdout or stderr
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"error: cannot write: {exc.strerror or exc}\n")
+        return 2
     except Exception as exc:
         # The parser's usage errors carry a message and an exit code (2).
         message, code = (

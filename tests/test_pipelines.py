@@ -310,6 +310,41 @@ def test_started_without_stdout(tmp_path):
 
 
 @pytest.mark.slow
+def test_help_to_a_closed_stdout_is_one_line():
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    out = subprocess.run(
+        [*command, "--help"],
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert (
+        out.stderr.decode().strip() == "error: cannot write: standard output is closed"
+    )
+
+
+@pytest.mark.slow
+def test_output_to_dev_stdout_appends_where_the_shell_appends(tmp_path):
+    # `distgap eval ... -o /dev/stdout >> log` must not truncate the log.
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    log = tmp_path / "log"
+    log.write_text("earlier line\n")
+    with log.open("a") as appended:
+        subprocess.run(
+            [*command, "eval", str(TRAINED), "-f", "json", "-o", "/dev/stdout"],
+            stdout=appended,
+            check=True,
+            timeout=300,
+        )
+    first, rest = log.read_text().split("\n", 1)
+    assert first == "earlier line"
+    assert json.loads(rest)["schema"] == "distgap.eval/1"
+
+
+@pytest.mark.slow
 def test_started_without_stderr_keeps_the_exit_codes():
     out = _started_without(2, "-f", "json")
     assert out.returncode == 0 and json.loads(out.stdout)["results"]
