@@ -176,7 +176,7 @@ def write_per_row(
         parts.append(pa.table(part))
     table = pa.concat_tables(parts, promote_options="default")
     # Made in memory and written as bytes, so that a pipe or /dev/stdout takes
-    # it as well as a file does (Parquet's writer wants to seek).
+    # it as well as a file does (Parquet's file writer asks for its position).
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     try:

@@ -95,6 +95,11 @@ def _err_console() -> Console:
     )
 
 
+def _warn(text: str) -> None:
+    """One warning on stderr."""
+    _err_console().print(f"[yellow]warning:[/] {escape(text)}", emoji=False)
+
+
 @contextlib.contextmanager
 def _reporting_errors() -> Iterator[None]:
     """Turn distgap's own errors into one stderr line and their exit code."""
@@ -589,7 +594,7 @@ def eval_command(
 
             if not quiet:
                 for warning in result.warnings:
-                    err.print(f"[yellow]warning:[/] {escape(warning)}", emoji=False)
+                    _warn(warning)
                 if reader.dropped:
                     total = sum(reader.dropped.values())
                     err.print(
@@ -730,7 +735,7 @@ def compare_command(
         new = report.load_report(str(current))
         warnings = report.comparable(new, old)
         for warning in [] if quiet else warnings:
-            _err_console().print(f"[yellow]warning:[/] {escape(warning)}")
+            _warn(warning)
         doc = {
             "schema": report.COMPARE_SCHEMA,
             "baseline": str(baseline),
@@ -788,7 +793,7 @@ def inspect_command(
             )
             reader = Reader(found, options)
             for note in reader.ignored_options():
-                _err_console().print(f"[yellow]warning:[/] {escape(note)}")
+                _warn(note)
             doc = inspection.inspect_input(reader, batch_size or 256, len(chosen))
         finally:
             sources.release(found)

@@ -18,27 +18,24 @@ from distgap_cli.reading import Reader
 
 SCHEMA = "distgap.inspect/1"
 
-# Rough costs on a 2-core x86-64 machine, from bench/run.py: start-up on the CPU
-# (NumPy; a GPU adds TensorFlow's import, seconds) and rows per second per
-# distance and per core at d = 128, batch 256 (a little under the benchmark's
-# figure, whose batches hold few same-class pairs).
-_STARTUP_SECONDS = 0.5
-_ROWS_PER_SECOND_PER_CORE = 225_000.0
+# Rough costs fitted to bench/run.py on a 2-core x86-64 machine (cosine, CPU,
+# NumPy): start-up (a GPU adds TensorFlow's import, seconds), and core-seconds
+# per row: a fixed part, a part per value of the row, and a part per Gram
+# product term (batch size x dimension). Measured end to end: 1M x 128 at batch
+# 256 1.6-1.7 s, at batch 1024 2.6-3.4 s; 100k x 768 at batch 256 0.8-1.0 s.
+_STARTUP_SECONDS = 0.4
+_PER_ROW = 0.7e-6
+_PER_VALUE = 6e-9
+_PER_PRODUCT_TERM = 3e-11
 
 
 def estimate_seconds(
     rows: int, dim: int, batch_size: int, distances: int, cores: int
 ) -> float:
     """A rough wall-time estimate for ``distgap eval`` in batch mode on ``cores``
-    CPU cores (one NumPy thread each).
-
-    The work per row grows with the batch size and the dimension (one Gram row of
-    ``batch_size`` dot products of length ``dim``), plus a fixed cost per batch
-    entry; the constants come from the benchmark on a 2-core machine.
-    """
-    scale = (batch_size / 256) * (0.5 + 0.5 * dim / 128)
-    per_distance = rows * scale / (_ROWS_PER_SECOND_PER_CORE * max(cores, 1))
-    return _STARTUP_SECONDS + per_distance * max(distances, 1)
+    CPU cores (one NumPy thread each)."""
+    per_row = _PER_ROW + _PER_VALUE * dim + _PER_PRODUCT_TERM * batch_size * dim
+    return _STARTUP_SECONDS + rows * per_row * max(distances, 1) / max(cores, 1)
 
 
 def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, Any]:

@@ -213,7 +213,7 @@ class Reader:
         self.value_type: str | None = None
         self._dim_origin: tuple[str, int] | None = None
         self._first_types: tuple[str, str, str] | None = None
-        if options.embedding_column and options.embedding_prefix:
+        if options.embedding_column and options.embedding_prefix is not None:
             raise UsageError(
                 "--embedding-column and --embedding-prefix both say where the "
                 "embeddings are: give one of them"
@@ -235,7 +235,7 @@ class Reader:
                 ("--label-column", self.options.label_column),
                 ("--embedding-prefix", self.options.embedding_prefix),
             )
-            if value
+            if value is not None
         ]
         if not given or any(s.kind != src.NPY for s in self.sources):
             return []

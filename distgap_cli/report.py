@@ -415,11 +415,15 @@ def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     else:
         settings = ("batch_size", "sampler", "classes_per_batch", "examples_per_class")
         depend = "per-batch figures depend on it"
+
+    def shown(key: str, value: Any) -> Any:
+        return "all rows" if key == "anchors" and value is None else value
+
     for key in settings:
         if mine.get(key) != theirs.get(key):
             warnings.append(
-                f"the baseline used {key} {theirs.get(key)} and this report "
-                f"{mine.get(key)}: {depend}"
+                f"the baseline used {key} {shown(key, theirs.get(key))} and this "
+                f"report {shown(key, mine.get(key))}: {depend}"
             )
     ours = {e.get("distance") for e in current.get("results", [])}
     dropped = [
