@@ -192,15 +192,21 @@ def test_new_output_file_gets_the_usual_permissions(cli, tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
 
 
-def test_output_to_a_named_pipe_writes_through_it(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    pipe = tmp_path / "report.pipe"
+def _drained_pipe(pipe):
+    """A named pipe at ``pipe``, and a started thread that reads all of it into
+    the list it returns beside it."""
     os.mkfifo(pipe)
     received: list[bytes] = []
     reader = threading.Thread(
         target=lambda: received.append(pipe.read_bytes()), daemon=True
     )
     reader.start()
+    return pipe, received, reader
+
+
+def test_output_to_a_named_pipe_writes_through_it(cli, tmp_path):
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+    pipe, received, reader = _drained_pipe(tmp_path / "report.pipe")
     out = cli("eval", path, "-d", "l2", "-f", "json", "-o", pipe)
     reader.join(timeout=30)
     assert out.exit_code == 0
@@ -309,13 +315,7 @@ def test_one_path_for_two_outputs_is_refused(cli, tmp_path):
 
 def test_per_row_goes_through_a_pipe(cli, tmp_path):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    pipe = tmp_path / "rows.pipe"
-    os.mkfifo(pipe)
-    received: list[bytes] = []
-    reader = threading.Thread(
-        target=lambda: received.append(pipe.read_bytes()), daemon=True
-    )
-    reader.start()
+    pipe, received, reader = _drained_pipe(tmp_path / "rows.pipe")
     out = cli("eval", path, "-d", "l2", "--per-row", pipe, "-f", "json")
     reader.join(timeout=30)
     assert out.exit_code == 0, out.stderr
