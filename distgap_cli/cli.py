@@ -629,7 +629,8 @@ def _similarity_gates(
             f"{' and '.join(flags)} cannot gate {', '.join(skipped)}: {why}; gate a "
             "distance instead (-d cosine)"
         )
-    return [f"{' and '.join(flags)} do not gate {', '.join(skipped)}: {why}"]
+    verb = "does" if len(flags) == 1 else "do"
+    return [f"{' and '.join(flags)} {verb} not gate {', '.join(skipped)}: {why}"]
 
 
 def _baseline_coverage(
