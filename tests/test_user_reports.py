@@ -259,9 +259,10 @@ def test_column_options_on_bare_npy_inputs_are_noted(cli, tmp_path):
     assert inspected.exit_code == 0 and "--embedding-column ignored" in inspected.stderr
 
 
-def test_embedding_column_and_prefix_together_are_refused(cli, tmp_path):
+@pytest.mark.parametrize("prefix", ["f", ""])  # "": columns named 0, 1, ...
+def test_embedding_column_and_prefix_together_are_refused(cli, tmp_path, prefix):
     path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    both = ("--embedding-column", "embedding", "--embedding-prefix", "f")
+    both = ("--embedding-column", "embedding", "--embedding-prefix", prefix)
     for command in ("eval", "inspect"):
         out = cli(command, path, *both)
         assert out.exit_code == 2 and "give one of them" in out.stderr
