@@ -67,3 +67,9 @@ def write_npy_pair(
     np.save(emb_path, np.asarray(embeddings))
     np.save(lab_path, np.asarray(labels))
     return emb_path, lab_path
+
+
+@pytest.fixture
+def hardneg(tmp_path: Path) -> Path:
+    """The shared cases' "hardneg" batch as Parquet (euclidean gap 5)."""
+    return write_parquet(tmp_path / "hardneg.parquet", HARDNEG_X, HARDNEG_Y)

@@ -23,11 +23,6 @@ PIXELS = SAMPLE_DATA / "digits_pixels.parquet"
 GOLDEN = ROOT / "tests" / "golden"
 
 
-@pytest.fixture
-def hardneg(tmp_path):
-    return write_parquet(tmp_path / "hardneg.parquet", HARDNEG_X, HARDNEG_Y)
-
-
 def as_json(result):
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)

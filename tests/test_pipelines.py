@@ -27,11 +27,6 @@ SCHEMA_KEYS = ROOT / "tests" / "golden" / "schema_keys.json"
 
 
 @pytest.fixture
-def hardneg(tmp_path):
-    return write_parquet(tmp_path / "hardneg.parquet", HARDNEG_X, HARDNEG_Y)
-
-
-@pytest.fixture
 def saved(cli, tmp_path):
     """JSON reports of the pixels and of the trained embeddings."""
     paths = {}

@@ -169,24 +169,22 @@ def test_failed_output_keeps_the_previous_report(cli, tmp_path):
     assert target.read_text() == "previous report"
 
 
-def test_output_through_a_link_replaces_the_file_it_points_to(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_output_through_a_link_replaces_the_file_it_points_to(cli, hardneg, tmp_path):
     (tmp_path / "reports").mkdir()
     real = tmp_path / "reports" / "report.json"
     real.write_text("previous")
     real.chmod(0o640)
     link = tmp_path / "latest.json"
     link.symlink_to(real)
-    assert cli("eval", path, "-d", "l2", "-f", "json", "-o", link).exit_code == 0
+    assert cli("eval", hardneg, "-d", "l2", "-f", "json", "-o", link).exit_code == 0
     assert link.is_symlink()
     assert json.loads(real.read_text())["schema"] == "distgap.eval/1"
     assert stat.S_IMODE(real.stat().st_mode) == 0o640  # kept, not a private 0600
 
 
-def test_new_output_file_gets_the_usual_permissions(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_new_output_file_gets_the_usual_permissions(cli, hardneg, tmp_path):
     target = tmp_path / "report.json"
-    assert cli("eval", path, "-d", "l2", "-f", "json", "-o", target).exit_code == 0
+    assert cli("eval", hardneg, "-d", "l2", "-f", "json", "-o", target).exit_code == 0
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
@@ -204,19 +202,17 @@ def _drained_pipe(pipe):
     return pipe, received, reader
 
 
-def test_output_to_a_named_pipe_writes_through_it(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_output_to_a_named_pipe_writes_through_it(cli, hardneg, tmp_path):
     pipe, received, reader = _drained_pipe(tmp_path / "report.pipe")
-    out = cli("eval", path, "-d", "l2", "-f", "json", "-o", pipe)
+    out = cli("eval", hardneg, "-d", "l2", "-f", "json", "-o", pipe)
     reader.join(timeout=30)
     assert out.exit_code == 0
     assert stat.S_ISFIFO(pipe.stat().st_mode)  # still a pipe, not replaced by a file
     assert json.loads(received[0])["schema"] == "distgap.eval/1"
 
 
-def test_output_into_a_missing_folder_says_to_create_it(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    out = cli("eval", path, "-d", "l2", "-o", tmp_path / "no" / "report.json")
+def test_output_into_a_missing_folder_says_to_create_it(cli, hardneg, tmp_path):
+    out = cli("eval", hardneg, "-d", "l2", "-o", tmp_path / "no" / "report.json")
     assert out.exit_code == 2
     assert "create the folder first" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -260,19 +256,11 @@ def test_column_options_on_bare_npy_inputs_are_noted(cli, tmp_path):
 
 
 @pytest.mark.parametrize("prefix", ["f", ""])  # "": columns named 0, 1, ...
-def test_embedding_column_and_prefix_together_are_refused(cli, tmp_path, prefix):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_embedding_column_and_prefix_together_are_refused(cli, hardneg, prefix):
     both = ("--embedding-column", "embedding", "--embedding-prefix", prefix)
     for command in ("eval", "inspect"):
-        out = cli(command, path, *both)
+        out = cli(command, hardneg, *both)
         assert out.exit_code == 2 and "give one of them" in out.stderr
-
-
-def test_more_anchors_than_rows_is_noted(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    out = cli("eval", path, "-d", "l2", "--mode", "exact", "--anchors", "50")
-    assert out.exit_code == 0
-    assert "--anchors 50 is not fewer than the 4 rows" in out.stderr
 
 
 @pytest.mark.parametrize(
@@ -295,12 +283,13 @@ def test_more_anchors_than_rows_is_noted(cli, tmp_path):
         ({"results": []}, "it has no 'schema' field"),
     ],
 )
-def test_an_edited_baseline_is_refused_in_one_line(cli, tmp_path, doc, message):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_an_edited_baseline_is_refused_in_one_line(
+    cli, hardneg, tmp_path, doc, message
+):
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(doc))
     for out in (
-        cli("eval", path, "-d", "l2", "--baseline", baseline),
+        cli("eval", hardneg, "-d", "l2", "--baseline", baseline),
         cli("compare", baseline, baseline),
     ):
         assert out.exit_code == 2, out.stderr
@@ -308,48 +297,44 @@ def test_an_edited_baseline_is_refused_in_one_line(cli, tmp_path, doc, message):
         assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_one_path_for_two_outputs_is_refused(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_one_path_for_two_outputs_is_refused(cli, hardneg, tmp_path):
     same = tmp_path / "out.json"
-    out = cli("eval", path, "-d", "l2", "--per-row", same, "-o", same)
+    out = cli("eval", hardneg, "-d", "l2", "--per-row", same, "-o", same)
     assert out.exit_code == 2 and "given for two outputs" in out.stderr
     assert not same.exists()
 
 
-def test_per_row_goes_through_a_pipe(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_per_row_goes_through_a_pipe(cli, hardneg, tmp_path):
     pipe, received, reader = _drained_pipe(tmp_path / "rows.pipe")
-    out = cli("eval", path, "-d", "l2", "--per-row", pipe, "-f", "json")
+    out = cli("eval", hardneg, "-d", "l2", "--per-row", pipe, "-f", "json")
     reader.join(timeout=30)
     assert out.exit_code == 0, out.stderr
     rows = pq.read_table(pa.BufferReader(received[0]))
     assert rows.num_rows == 4 and rows.column("hardest_pos").to_pylist()[0] == 1.0
 
 
-def test_a_read_only_report_is_not_replaced(cli, tmp_path, monkeypatch):
+def test_a_read_only_report_is_not_replaced(cli, hardneg, tmp_path, monkeypatch):
     from distgap_cli import cli as cli_module
 
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
     target = tmp_path / "report.json"
     target.write_text("kept")
     # As root every file is writable; pretend it is not, as for anyone else.
     monkeypatch.setattr(cli_module, "_writable", lambda path: False)
-    out = cli("eval", path, "-d", "l2", "-o", target)
+    out = cli("eval", hardneg, "-d", "l2", "-o", target)
     assert out.exit_code == 2 and "it is read-only" in out.stderr
     assert target.read_text() == "kept"
 
 
-def test_distances_only_the_baseline_holds_are_named(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_distances_only_the_baseline_holds_are_named(cli, hardneg, tmp_path):
     wide, narrow = tmp_path / "wide.json", tmp_path / "narrow.json"
-    wide.write_text(cli("eval", path, "-d", "l2", "-d", "l1", "-f", "json").stdout)
-    narrow.write_text(cli("eval", path, "-d", "l2", "-f", "json").stdout)
+    wide.write_text(cli("eval", hardneg, "-d", "l2", "-d", "l1", "-f", "json").stdout)
+    narrow.write_text(cli("eval", hardneg, "-d", "l2", "-f", "json").stdout)
     out = cli("compare", wide, narrow, "--max-drop", "5%")
     assert out.exit_code == 0
     assert "the baseline also holds manhattan, which this report does not" in (
         out.stderr
     )
-    gated = cli("eval", path, "-d", "l2", "--baseline", wide, "-f", "json")
+    gated = cli("eval", hardneg, "-d", "l2", "--baseline", wide, "-f", "json")
     assert "the baseline also holds manhattan" in gated.stderr
     assert cli("compare", wide, narrow, "-q").stderr == ""
 
@@ -389,40 +374,36 @@ def test_a_line_break_in_a_label_keeps_the_markdown_table_whole(cli, tmp_path):
     assert "new<br>line" in rows[0] and "plain\\|pipe" in md
 
 
-def test_csv_says_it_leaves_the_baseline_comparisons_out(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_csv_says_it_leaves_the_baseline_comparisons_out(cli, hardneg, tmp_path):
     base = tmp_path / "base.json"
-    base.write_text(cli("eval", path, "-d", "l2", "-f", "json").stdout)
-    out = cli("eval", path, "-d", "l2", "-f", "csv", "--baseline", base)
+    base.write_text(cli("eval", hardneg, "-d", "l2", "-f", "json").stdout)
+    out = cli("eval", hardneg, "-d", "l2", "-f", "csv", "--baseline", base)
     assert out.exit_code == 0 and "no baseline comparisons" in out.stderr
 
 
-def test_gates_appear_in_table_and_markdown(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    md = cli("eval", path, "-d", "l2", "--min-margin", "0", "-f", "markdown")
+def test_gates_appear_in_table_and_markdown(cli, hardneg):
+    md = cli("eval", hardneg, "-d", "l2", "--min-margin", "0", "-f", "markdown")
     assert md.exit_code == 1
     assert "gate --min-margin on euclidean: margin.mean -5.000000" in md.stdout
     assert "FAILED" in md.stdout
 
 
-def test_reports_of_different_modes_are_not_compared(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_reports_of_different_modes_are_not_compared(cli, hardneg, tmp_path):
     batch, whole = tmp_path / "batch.json", tmp_path / "exact.json"
-    batch.write_text(cli("eval", path, "-d", "l2", "-f", "json").stdout)
+    batch.write_text(cli("eval", hardneg, "-d", "l2", "-f", "json").stdout)
     whole.write_text(
-        cli("eval", path, "-d", "l2", "--mode", "exact", "-f", "json").stdout
+        cli("eval", hardneg, "-d", "l2", "--mode", "exact", "-f", "json").stdout
     )
     out = cli("compare", batch, whole)
     assert out.exit_code == 2 and "same --mode" in out.stderr
-    gated = cli("eval", path, "-d", "l2", "--baseline", whole, "--max-drop", "0")
+    gated = cli("eval", hardneg, "-d", "l2", "--baseline", whole, "--max-drop", "0")
     assert gated.exit_code == 2 and "not comparable" in gated.stderr
-    other_batch = cli("eval", path, "-d", "l2", "-b", "3", "--baseline", batch)
+    other_batch = cli("eval", hardneg, "-d", "l2", "-b", "3", "--baseline", batch)
     assert "batch_size" in other_batch.stderr
 
 
-def test_breakdowns_in_every_format_that_can_hold_them(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
-    args = ("eval", path, "-d", "l2", "--per-class", "--per-file")
+def test_breakdowns_in_every_format_that_can_hold_them(cli, hardneg):
+    args = ("eval", hardneg, "-d", "l2", "--per-class", "--per-file")
     lines = [json.loads(x) for x in cli(*args, "-f", "jsonl").stdout.splitlines()]
     assert [x["kind"] for x in lines] == ["result", "file", "class", "class"]
     assert {x["label"] for x in lines if x["kind"] == "class"} == {0, 1}
@@ -432,10 +413,10 @@ def test_breakdowns_in_every_format_that_can_hold_them(cli, tmp_path):
     assert csv.exit_code == 2 and "--per-row" in csv.stderr
 
 
-def test_more_anchors_than_rows_is_no_sample(cli, tmp_path):
-    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, HARDNEG_Y)
+def test_more_anchors_than_rows_is_no_sample(cli, hardneg):
     out = cli(
-        "eval", path, "-d", "l2", "--mode", "exact", "--anchors", "100", "-f", "json"
+        "eval", hardneg, "-d", "l2", "--mode", "exact", "--anchors", "100", "-f", "json"
     )
     doc = json.loads(out.stdout)
     assert doc["settings"]["anchors"] is None and doc["results"][0]["anchors"] == 4
+    assert "--anchors 100 is not fewer than the 4 rows" in out.stderr
