@@ -624,22 +624,16 @@ def _check_batches(result: EvalResult) -> None:
         )
     skipped = no_pos + no_neg
     if skipped and skipped * 10 >= total:
-        if no_neg >= no_pos and sampler == "sequential":
-            hint = "the input looks sorted by label; try --shuffle"
-        elif no_neg >= no_pos:
-            hint = "one class fills most batches; " + (
-                "raise --classes-per-batch"
-                if sampler == "balanced"
-                else "try --sampler balanced"
-            )
-        elif sampler == "sequential":
-            hint = "most classes have too few rows per batch; try --shuffle or a "
-            hint += "larger --batch-size"
-        elif sampler == "balanced":
-            hint = f"most classes have too few rows per batch; {more_rows}"
+        if no_neg >= no_pos:
+            hint = {
+                "sequential": "the input looks sorted by label; try --shuffle",
+                "balanced": "one class fills most batches; raise --classes-per-batch",
+            }.get(sampler, "one class fills most batches; try --sampler balanced")
         else:
-            hint = "most classes have too few rows per batch; try --sampler "
-            hint += "balanced or a larger --batch-size"
+            hint = "most classes have too few rows per batch; " + {
+                "sequential": "try --shuffle or a larger --batch-size",
+                "balanced": more_rows,
+            }.get(sampler, "try --sampler balanced or a larger --batch-size")
         result.warnings.append(
             f"{skipped} of {total} batches were skipped ({no_pos} without a positive "
             f"pair, {no_neg} without a negative pair, i.e. a single class): {hint}"

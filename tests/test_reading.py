@@ -1170,3 +1170,29 @@ def test_skipping_every_row_says_what_was_dropped(cli, tmp_path):
     assert out.exit_code == 2 and out.stdout == ""
     assert "dropped all 4 (4 NaN or infinite value)" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_parquet_asks_for_each_next_row_group_while_reading(tmp_path, monkeypatch):
+    from distgap_cli import reading
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    path = save(tmp_path / "x.parquet", table(x, np.arange(30) % 3), row_group_size=10)
+    metadata = pq.ParquetFile(path).metadata
+    asked = []
+    monkeypatch.setattr(
+        reading.os, "posix_fadvise", lambda fd, start, n, advice: asked.append(start)
+    )
+    reader = Reader(sources.discover([str(path)]), ReadOptions())
+    rows = np.concatenate([b.embeddings for b in reader.blocks()])
+    np.testing.assert_array_equal(rows, x)
+    # Groups 1 and 2 are announced, each before it is decoded; group 0 is not.
+    firsts = []
+    for g in (1, 2):
+        column = metadata.row_group(g).column(0)
+        firsts.append(
+            column.dictionary_page_offset
+            if column.has_dictionary_page
+            else column.data_page_offset
+        )
+    assert asked == firsts
