@@ -7,15 +7,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install compile demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory compile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# An editable install leaves the modules uncompiled, and where
+# PYTHONDONTWRITEBYTECODE is set Python compiles them again at every start
+# (60 ms of each run); compile them as a wheel's install would.
+compile:
+	$(BIN)/python -m compileall -q distgap_cli
 
 demo: $(STAMP)
 	@echo "== raw pixels =="
@@ -32,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy distgap_cli
 
-bench: $(STAMP)
+bench: $(STAMP) compile
 	$(BIN)/python bench/run.py
 
 clean:
