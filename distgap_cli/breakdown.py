@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from distgap_cli.errors import UsageError
 from distgap_cli.reading import LabelMap
@@ -139,6 +137,9 @@ def write_per_row(
     labels: LabelMap,
 ) -> None:
     """Write every anchor's figures as Parquet, one row per anchor and distance."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     parts = []
     for distance, anchors in tables.items():
         n = len(anchors.rows)
