@@ -30,12 +30,19 @@ from distgap_cli.reading import Block
 
 @dataclass
 class Batch:
-    """Rows evaluated together: embeddings ``[n, d]``, labels, global rows, files."""
+    """Rows evaluated together: embeddings ``[n, d]``, labels, global rows, files.
+
+    ``origin`` and ``start`` say where in a block the rows lie when the batch is
+    a view of one (sequential batches), so that consecutive batches of a block
+    can be stacked as one view of it instead of copied together.
+    """
 
     embeddings: np.ndarray
     labels: np.ndarray
     rows: np.ndarray
     files: np.ndarray
+    origin: Block | None = None
+    start: int = 0
 
 
 def sequential(
@@ -63,7 +70,9 @@ def sequential(
                 yield _joined(carried)
                 carried, held = [], 0
         while size - start >= batch_size:
-            yield _batch(_slice(block, start, start + batch_size))
+            batch = _batch(_slice(block, start, start + batch_size))
+            batch.origin, batch.start = block, start
+            yield batch
             start += batch_size
         if start < size:
             carried.append(_slice(block, start, size))

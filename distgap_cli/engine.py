@@ -218,6 +218,12 @@ class Stack:
 
 
 def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
+    """The batches of ``stack`` as ``[k, batch_size]`` arrays: views of the
+    block they lie in where they fill a run of it, else copied together and
+    padded with masked rows."""
+    viewed = _view(stack, batch_size, k)
+    if viewed is not None:
+        return viewed
     dim = stack[0].embeddings.shape[1]
     labels = np.zeros((k, batch_size), np.int64)
     x = np.zeros((k, batch_size, dim), np.float32)
@@ -240,6 +246,30 @@ def _pack(stack: list[batching.Batch], batch_size: int, k: int) -> Stack:
         first_rows=np.array([b.rows[0] for b in stack]),
         rows=rows,
         files=files,
+    )
+
+
+def _view(stack: list[batching.Batch], batch_size: int, k: int) -> Stack | None:
+    """``stack`` as views of one block, when its ``k`` batches are whole and
+    lie one after another in it (sequential batches of a large block), else
+    None. Stacking them costs no copy of the embeddings."""
+    block, start = stack[0].origin, stack[0].start
+    if block is None or len(stack) != k:
+        return None
+    for i, batch in enumerate(stack):
+        if batch.origin is not block or batch.start != start + i * batch_size:
+            return None
+    span = slice(start, start + k * batch_size)
+    shape = (k, batch_size)
+    return Stack(
+        labels=block.labels[span].astype(np.int64, copy=False).reshape(shape),
+        x=block.embeddings[span].reshape(*shape, -1),
+        mask=np.ones(shape, bool),
+        real=k,
+        sizes=np.full(k, batch_size),
+        first_rows=block.rows[span][::batch_size].copy(),
+        rows=block.rows[span].reshape(shape),
+        files=np.full(shape, block.file, np.int32),
     )
 
 

@@ -8,15 +8,18 @@ import time
 import numpy as np
 import pytest
 
+from distgap_cli import batching
 from distgap_cli.batching import Batch
 from distgap_cli.engine import (
     ReadAhead,
     Stack,
     _distinct,
     _distinct_labels,
+    _pack,
     _stacks,
     stack_size,
 )
+from distgap_cli.reading import Block
 
 
 def _reader_threads() -> list[threading.Thread]:
@@ -192,3 +195,56 @@ def test_distinct_values_match_unique():
     for n in (1, 2, 50, 1000):
         labels = rng.integers(-3, 7, n)
         assert _distinct(labels).tolist() == np.unique(labels).tolist()
+
+
+def _block(rows: int, first_row: int = 0, dim: int = 3, file: int = 0) -> Block:
+    rng = np.random.default_rng(first_row)
+    return Block(
+        embeddings=rng.normal(size=(rows, dim)).astype(np.float32),
+        labels=rng.integers(0, 5, rows),
+        rows=np.arange(first_row, first_row + rows),
+        file=file,
+    )
+
+
+def _copied(batches: list[Batch]) -> list[Batch]:
+    """The same batches, no longer views of a block."""
+    return [
+        Batch(b.embeddings.copy(), b.labels.copy(), b.rows.copy(), b.files.copy())
+        for b in batches
+    ]
+
+
+def _same_stack(a: Stack, b: Stack) -> bool:
+    fields = ("labels", "x", "mask", "sizes", "first_rows", "rows", "files")
+    return a.real == b.real and all(
+        np.array_equal(getattr(a, f), getattr(b, f)) for f in fields
+    )
+
+
+def test_consecutive_batches_of_a_block_stack_as_a_view_of_it():
+    block = _block(40)
+    batches = list(batching.sequential([block], 8))[:4]
+    stack = _pack(batches, 8, 4)
+    assert np.shares_memory(stack.x, block.embeddings)
+    assert _same_stack(stack, _pack(_copied(batches), 8, 4))
+
+
+def test_batches_that_are_not_one_run_of_a_block_are_copied():
+    # A batch across two blocks, batches out of order, a stack padded past its
+    # batches and a short last batch: each is copied, with the same contents.
+    blocks = [_block(12), _block(20, first_row=12), _block(20, first_row=32)]
+    batches = list(batching.sequential(blocks[:2], 8))  # rows 0-7, ..., 24-31
+    tail = list(batching.sequential(blocks[2:], 8))  # the last has 4 rows
+    assert np.shares_memory(_pack(batches[2:], 8, 2).x, blocks[1].embeddings)
+    cases = [
+        (batches[:2], 2),
+        (batches[1:3], 2),
+        ([batches[3], batches[2]], 2),
+        (batches[2:3], 4),
+        (tail[1:], 2),
+    ]
+    for group, k in cases:
+        stack = _pack(group, 8, k)
+        assert not any(np.shares_memory(stack.x, b.embeddings) for b in blocks)
+        assert _same_stack(stack, _pack(_copied(group), 8, k))
