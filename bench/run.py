@@ -6,17 +6,24 @@ Generates its own data (float32 embeddings, 1,000 classes) as Parquet
 * end to end: the installed ``distgap eval`` command, rows per second of wall
   time (start-up included) and its peak RSS;
 * the reading bound: the same files read through pyarrow / numpy, nothing computed;
-* the matmul bound: the batches' Gram matrices alone, made four ways (as
-  distgap makes them on the CPU: NumPy, the stacks cut into the same parts, one
-  thread per core; one NumPy call per batch on one thread; the stacks in
-  compiled TensorFlow calls; one TensorFlow call per batch, as a training loop
-  makes them). The bound is the fastest of the four;
+* the matmul bound: the batches' Gram matrices alone, made six ways: NumPy on
+  one thread per core, each thread looping over its share of the batches into
+  one output, as a symmetric product and as a general one (the products and
+  nothing else); as distgap's CPU runner makes them (its stacks, parts and
+  threads, a fresh output each time); one NumPy call per batch on one thread;
+  the stacks in compiled TensorFlow calls; one TensorFlow call per batch, as a
+  training loop makes them. The bound is the fastest of the six;
+* a bare program (``bench/ceiling.py``): start, read the ``.npy``, normalise,
+  the products and one search per row, nothing else, end to end. It shows what
+  even a program with none of distgap's work pays beside the products;
 * start-up: ``--help``, a four-row evaluation, and ``import tensorflow`` alone;
 * where TensorFlow sees a GPU, the same evaluations with ``--device gpu`` and
   the GPU's own stacked matmul bound.
 
 NumPy's BLAS runs one thread here, as in ``distgap`` itself, which runs one
-thread per core around it. Each figure is the median of ``--repeat`` runs.
+thread per core around it. Each figure is the median of ``--repeat`` runs, each
+run after reading its input files once, so that they come from the page cache
+(from a cold cache the figures would measure the disk).
 Results are printed, checked against the targets below, and written to
 ``bench/results/latest.json``.
 
@@ -44,6 +51,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from distgap_cli.__main__ import keep_in_heap
+
+# As the distgap command does, so that distgap's own runner is timed as it runs.
+keep_in_heap()
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -78,6 +90,29 @@ def median_of(repeat: int, run) -> float:
     return statistics.median(run() for _ in range(repeat))
 
 
+def warm(*paths: Path) -> None:
+    """Read files through once, so that a run after it reads the page cache,
+    not the disk: figures from a cold cache measure the disk."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def ceiling(path: Path, batch: int, repeat: int) -> float:
+    """Seconds ``bench/ceiling.py`` takes on ``path``: start, read, products
+    and one search per row, nothing else (median of ``repeat``)."""
+    command = [sys.executable, str(HERE / "ceiling.py"), str(path), str(batch)]
+
+    def run() -> float:
+        warm(path)
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        return time.perf_counter() - start
+
+    return median_of(repeat, run)
+
+
 def distgap_command() -> list[str]:
     exe = Path(sys.executable).with_name("distgap")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
@@ -94,6 +129,7 @@ def end_to_end(
     walls, peaks = [], []
     sizing = ("-b", str(batch)) if batch else ()
     for _ in range(repeat):
+        warm(*_inputs_of(path))
         command = [
             *distgap_command(),
             "eval",
@@ -119,6 +155,12 @@ def end_to_end(
         if child.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed ({child.returncode})")
     return {"seconds": statistics.median(walls), "peak_rss_mb": max(peaks)}
+
+
+def _inputs_of(path: Path) -> list[Path]:
+    """``path`` and the labels file distgap reads beside a ``.npy``."""
+    labels = Path(str(path).replace(".embeddings.npy", ".labels.npy"))
+    return [path, labels] if labels != path and labels.exists() else [path]
 
 
 def _high_water_kb(pid: int) -> int:
@@ -224,6 +266,72 @@ def numpy_matmul_threads(rows: int, dim: int, batch: int, repeat: int) -> float:
         return time.perf_counter() - start
 
     return median_of(repeat, run)
+
+
+def _on_every_core(work, repeat: int) -> float:
+    """Seconds for ``work(thread)`` run at once on one thread per core (median
+    of ``repeat``), each thread with its own inputs and outputs."""
+    import concurrent.futures
+
+    from distgap_cli.backend import worker_count
+
+    threads = worker_count()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))  # warm up: BLAS buffers, pages
+
+        def run() -> float:
+            start = time.perf_counter()
+            list(pool.map(work, range(threads)))
+            return time.perf_counter() - start
+
+        return median_of(repeat, run)
+
+
+def numpy_products(rows: int, dim: int, batch: int, repeat: int, form: str) -> float:
+    """Seconds for the batches' Gram matrices and nothing else: one thread per
+    core, each looping over its share of the batches, products written into
+    the same output every time. ``form`` is ``symmetric`` (the rows times
+    themselves, which NumPy hands to the BLAS as a rank-k update) or
+    ``general`` (a copy of the rows times the rows)."""
+    from distgap_cli.backend import _PART_PAIRS, worker_count
+
+    k = max(1, _PART_PAIRS // (batch * batch))  # batches a part, as distgap's
+    calls = -(-rows // (k * batch))
+    threads = worker_count()
+    rng = np.random.default_rng(1)
+    inputs = [
+        rng.normal(size=(k, batch, dim)).astype(np.float32) for _ in range(threads)
+    ]
+    outputs = [np.empty((k, batch, batch), np.float32) for _ in range(threads)]
+
+    def work(thread: int) -> None:
+        x, out = inputs[thread], outputs[thread]
+        rows_ = x if form == "symmetric" else x.copy()
+        for _ in range(calls // threads + (thread < calls % threads)):
+            np.matmul(rows_, np.swapaxes(x, -1, -2), out=out)
+
+    return _on_every_core(work, repeat)
+
+
+def exact_products(rows: int, dim: int, repeat: int) -> float:
+    """Seconds for exact mode's anchor-by-candidate tile products alone, each
+    tile's anchors split across one thread per core."""
+    from distgap_cli.backend import worker_count
+    from distgap_cli.exact import ANCHOR_TILE, CANDIDATE_TILE
+
+    threads = worker_count()
+    calls = -(-rows // ANCHOR_TILE) * -(-rows // CANDIDATE_TILE)
+    share = -(-ANCHOR_TILE // threads)
+    rng = np.random.default_rng(2)
+    anchors = [rng.normal(size=(share, dim)).astype(np.float32) for _ in range(threads)]
+    candidates = rng.normal(size=(CANDIDATE_TILE, dim)).astype(np.float32)
+    outputs = [np.empty((share, CANDIDATE_TILE), np.float32) for _ in range(threads)]
+
+    def work(thread: int) -> None:
+        for _ in range(calls):
+            np.matmul(anchors[thread], candidates.T, out=outputs[thread])
+
+    return _on_every_core(work, repeat)
 
 
 def exact_numpy_matmul(rows: int, dim: int, repeat: int) -> float:
@@ -345,6 +453,12 @@ def batch_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
         }
         for batch in batches:
             bounds = {
+                "numpy_symmetric": numpy_products(
+                    rows, dim, batch, args.repeat, "symmetric"
+                ),
+                "numpy_general": numpy_products(
+                    rows, dim, batch, args.repeat, "general"
+                ),
                 "numpy_as_distgap": numpy_matmul_threads(rows, dim, batch, args.repeat),
                 "numpy_per_batch": numpy_matmul_loop(rows, dim, batch, args.repeat),
                 "tensorflow_stacked": matmul_only(rows, dim, batch, args.repeat),
@@ -354,6 +468,7 @@ def batch_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
             }
             bound_rate = {k: rows / v for k, v in bounds.items()}
             fastest = max(bound_rate, key=bound_rate.get)
+            bare = rows / ceiling(paths["npy"], batch, args.repeat)
             cases = [("npy", "cpu"), ("parquet", "cpu")]
             if gpu:
                 cases.append(("npy", "gpu"))
@@ -387,6 +502,8 @@ def batch_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
                     "matmul_rows_per_s": bound_rate,
                     "matmul_bound": fastest,
                     "ratio_to_read": rate / (rows / reading[kind]),
+                    "ceiling_rows_per_s": bare,
+                    "ratio_to_ceiling": rate / bare,
                 }
                 if device == "gpu":
                     gpu_bound = rows / matmul_only(
@@ -396,6 +513,7 @@ def batch_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
                     entry["matmul_bound"] = "tensorflow_stacked_gpu"
                 bound = entry["matmul_rows_per_s"][entry["matmul_bound"]]
                 entry["ratio_to_matmul"] = rate / bound
+                entry["ceiling_ratio_to_matmul"] = bare / bound
                 entry["after_startup_ratio_to_matmul"] = (
                     entry["after_startup_rows_per_s"] / bound
                 )
@@ -409,7 +527,9 @@ def batch_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
                     f"  after start-up {entry['after_startup_rows_per_s']:>10,.0f}"
                     f" ({entry['after_startup_ratio_to_matmul']:.0%})"
                     f"  read bound {entry['read_only_rows_per_s']:>10,.0f}"
-                    f" ({entry['ratio_to_read']:.0%})",
+                    f" ({entry['ratio_to_read']:.0%})"
+                    f"  bare program {bare:>10,.0f}"
+                    f" ({entry['ceiling_ratio_to_matmul']:.0%} of the bound)",
                     flush=True,
                 )
     return runs
@@ -420,6 +540,7 @@ def exact_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
     paths = make_data(args.exact_rows, 128)
     pairs = args.exact_rows**2
     bounds = {
+        "numpy_products": pairs / exact_products(args.exact_rows, 128, args.repeat),
         "numpy_as_distgap": pairs
         / exact_numpy_matmul(args.exact_rows, 128, args.repeat),
         "tensorflow": pairs / exact_matmul_only(args.exact_rows, 128, args.repeat),
