@@ -177,6 +177,7 @@ def _high_water_kb(pid: int) -> int:
 
 def read_only(paths: dict[str, Path], kind: str) -> float:
     """Seconds to read every embedding into float32 blocks, nothing computed."""
+    warm(paths[kind])
     start = time.perf_counter()
     if kind == "npy":
         x = np.load(paths["npy"], mmap_mode="r")
