@@ -137,8 +137,8 @@ def worker_count() -> int:
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
-# Values in one part's [B, B] temporaries on the CPU (512k: 2 MB of float32).
-_PART_PAIRS = 1 << 19
+# Values in one part's [B, B] temporaries on the CPU (2M: 8 MB of float32).
+_PART_PAIRS = 1 << 21
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -199,11 +199,15 @@ class NumpyRunner:
 
     def _parts(self, first: np.ndarray) -> int:
         """How many parts to cut a stack into: one per core at least, more while
-        a part's ``[B, B]`` temporaries would pass ``_PART_PAIRS`` values. Small
-        temporaries are reused by the allocator; large ones are fresh memory
-        from the kernel on every call, and its page faults cost more than the
-        arithmetic (cosine, batch 256: 0.34M rows/s at 32 batches a part, 0.71M
-        at 8)."""
+        a part's ``[B, B]`` temporaries would pass ``_PART_PAIRS`` values.
+
+        Each part costs some hundred NumPy calls, so parts should be large;
+        their temporaries are reused from malloc's heap (see
+        ``distgap_cli.__main__.keep_in_heap``) up to 32 MB, so 8 MB ones cost
+        no page faults. Exact mode, a 1,024 x 4,096 tile a call: 12.0 CPU
+        seconds for 50,000 rows at 2M values a part (two parts), 16.2 at 512k
+        (eight); batch mode at 256 and 1,024 the same within noise.
+        """
         stacked = len(first)
         by_size = -(-stacked * self._pairs(first) // _PART_PAIRS)
         return max(1, min(stacked, max(worker_count(), by_size)))
