@@ -19,8 +19,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# Elements (not bytes) of the largest broadcast temporary manhattan builds.
+# Elements (not bytes) of the largest broadcast temporary manhattan builds in
+# TensorFlow, and of the buffer NumPy takes its differences in.
 _TILE_ELEMENTS = 1 << 23
+_BUFFER_ELEMENTS = 1 << 18
 # Values in the core's [K, A, B] temporaries on NumPy (1M: 4 MB of float32, in
 # the L3 cache): a part of one batch is sliced from 1,025 rows on, a part of
 # several batches sooner (see NumpyOps.anchor_rows). Half as many made the
@@ -406,15 +408,32 @@ class NumpyOps:
         return np.swapaxes(out, 1, 2)
 
     def manhattan(self, a: Any, c: Any) -> Any:
-        """Sums of absolute differences ``[K, A, C]``, a few anchors at a time so
-        that the broadcast temporary stays under ``_TILE_ELEMENTS`` values."""
+        """Sums of absolute differences ``[K, A, C]``.
+
+        Differences are taken a tile of anchors and candidates at a time into
+        one buffer of at most ``_BUFFER_ELEMENTS`` values (1 MB), made absolute
+        and summed in place there. Broadcasting whole rows of anchors instead
+        made two fresh temporaries of up to 32 MB per tile, which the kernel
+        maps and zeroes on every call: three times slower (batch 256 x 128,
+        half of it system time) and gigabytes at a high dimension.
+        """
         k, n, d = a.shape
-        step = max(_TILE_ELEMENTS // max(k * c.shape[1] * d, 1), 1)
-        out = np.empty((k, n, c.shape[1]), np.float32)
-        for start in range(0, n, step):
-            tile = a[:, start : start + step, None, :]
-            part = out[:, start : start + step]
-            np.sum(np.abs(tile - c[:, None, :, :]), axis=-1, out=part)
+        m = c.shape[1]
+        out = np.empty((k, n, m), np.float32)
+        if not (k and n and m):
+            return out
+        c_step = min(m, max(_BUFFER_ELEMENTS // max(d, 1), 1))
+        a_step = min(n, max(_BUFFER_ELEMENTS // (c_step * max(d, 1)), 1))
+        buffer = np.empty((a_step, c_step, d), np.float32)
+        for b in range(k):
+            for a0 in range(0, n, a_step):
+                anchors = a[b, a0 : a0 + a_step, None, :]
+                for c0 in range(0, m, c_step):
+                    candidates = c[b, None, c0 : c0 + c_step, :]
+                    tile = buffer[: anchors.shape[0], : candidates.shape[1]]
+                    np.subtract(anchors, candidates, out=tile)
+                    np.abs(tile, out=tile)
+                    np.sum(tile, axis=-1, out=out[b, a0 : a0 + a_step, c0 : c0 + c_step])
         return out
 
 

@@ -297,16 +297,30 @@ def test_hardest_only_with_rows_left_out_matches_double_loop(
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
-def test_manhattan_tiles_match_untiled(monkeypatch, library):
+@pytest.mark.parametrize("tile", [1, 3, 64, 1 << 18])
+def test_manhattan_tiles_match_untiled(monkeypatch, library, tile):
+    # 64 values: several anchors a tile; 3 (under one row of 5): candidates
+    # tiled too, one anchor a tile; 1: one value a tile.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 37, 5)).astype(np.float32)
     want = np.abs(x[:, :, None, :] - x[:, None, :, :]).sum(-1)
-    monkeypatch.setattr(array_ops, "_TILE_ELEMENTS", 64)
+    monkeypatch.setattr(array_ops, "_TILE_ELEMENTS", tile)
+    monkeypatch.setattr(array_ops, "_BUFFER_ELEMENTS", tile)
     mask = np.ones((2, 37), bool)
     if library == "tensorflow":
         x, mask = tf.constant(x), tf.constant(mask)
     got = core.pairwise(Distance.MANHATTAN, x, mask)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_manhattan_of_anchors_against_other_candidates():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    c = rng.normal(size=(3, 9, 6)).astype(np.float32)
+    want = np.abs(a[:, :, None, :] - c[:, None, :, :]).sum(-1)
+    np.testing.assert_allclose(array_ops.NumpyOps().manhattan(a, c), want, rtol=1e-6)
+    empty = array_ops.NumpyOps().manhattan(a[:, :0], c)
+    assert empty.shape == (3, 0, 9)
 
 
 def test_float16_input_is_computed_in_float32():
