@@ -23,8 +23,12 @@ from distgap_cli.distances import Distance
 from distgap_cli.errors import NoResultError
 from distgap_cli.reading import Block
 
+# Rows of an anchor tile and of a candidate tile, at most: fewer where the
+# dimension is high, so that a tile holds at most _TILE_VALUES values (16 MB of
+# float32; a tile's products, copies and differences are a few times that).
 ANCHOR_TILE = 1024
 CANDIDATE_TILE = 4096
+_TILE_VALUES = 1 << 22
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
@@ -78,25 +82,50 @@ class AnchorTable:
     nearest_neg_row: np.ndarray  # positions in Rows, -1 where none
 
 
+def tile_rows(dim: int, rows: int | None = None) -> tuple[int, int]:
+    """Rows of an anchor tile and of a candidate tile for embeddings of ``dim``
+    values: ``ANCHOR_TILE`` and ``CANDIDATE_TILE`` while a tile holds at most
+    ``_TILE_VALUES`` values, fewer above (from d = 1,024 for candidates, 4,096
+    for anchors). With ``rows``, no more than the dataset holds."""
+    fit = max(_TILE_VALUES // max(dim, 1), 1)
+    anchor, candidate = min(ANCHOR_TILE, fit), min(CANDIDATE_TILE, fit)
+    if rows is not None:
+        anchor, candidate = min(anchor, max(rows, 1)), min(candidate, max(rows, 1))
+    return anchor, candidate
+
+
 class ExactEvaluator:
     """One tile of anchors against one tile of candidates, every selected
-    distance at once (``library`` as for the batch-mode evaluator)."""
+    distance at once (``library`` as for the batch-mode evaluator).
+
+    Tiles have the rows of :func:`tile_rows`. A compiled TensorFlow function
+    takes them in one fixed shape, so short tiles are padded to it; NumPy takes
+    any shape, and ``rows`` (the dataset's) keeps its tiles from outgrowing
+    the data.
+    """
 
     def __init__(
-        self, distances: list[Distance], device: str, dim: int, library: str = "auto"
+        self,
+        distances: list[Distance],
+        device: str,
+        dim: int,
+        library: str = "auto",
+        rows: int | None = None,
     ) -> None:
-        from distgap_cli.backend import runner
+        from distgap_cli.backend import NumpyRunner, runner
+
+        a_tile, c_tile = tile_rows(dim)
 
         def signature(tf: Any) -> list[Any]:
             return [
-                tf.TensorSpec([ANCHOR_TILE, dim], tf.float32),
-                tf.TensorSpec([ANCHOR_TILE], tf.int64),
-                tf.TensorSpec([ANCHOR_TILE], tf.int64),
-                tf.TensorSpec([CANDIDATE_TILE, dim], tf.float32),
-                tf.TensorSpec([CANDIDATE_TILE], tf.int64),
-                tf.TensorSpec([CANDIDATE_TILE], tf.int64),
-                tf.TensorSpec([CANDIDATE_TILE], tf.bool),
-                *[tf.TensorSpec([CANDIDATE_TILE, dim], tf.float32) for _ in distances],
+                tf.TensorSpec([a_tile, dim], tf.float32),
+                tf.TensorSpec([a_tile], tf.int64),
+                tf.TensorSpec([a_tile], tf.int64),
+                tf.TensorSpec([c_tile, dim], tf.float32),
+                tf.TensorSpec([c_tile], tf.int64),
+                tf.TensorSpec([c_tile], tf.int64),
+                tf.TensorSpec([c_tile], tf.bool),
+                *[tf.TensorSpec([c_tile, dim], tf.float32) for _ in distances],
             ]
 
         def tile(*args: Any) -> dict[str, Any]:
@@ -110,10 +139,11 @@ class ExactEvaluator:
             }
 
         self.distances = distances
-        self._run = runner(
-            tile, device, 3, lambda a: CANDIDATE_TILE, signature, library
-        )
+        self._run = runner(tile, device, 3, lambda a: c_tile, signature, library)
         self.device = self._run.device
+        if isinstance(self._run, NumpyRunner):
+            a_tile, c_tile = tile_rows(dim, rows)
+        self.anchor_tile, self.candidate_tile = a_tile, c_tile
 
     def prepare(self, candidates: np.ndarray) -> list[np.ndarray]:
         """A candidate tile as each distance's core takes it, made once for
@@ -124,7 +154,7 @@ class ExactEvaluator:
     def __call__(
         self, *args: np.ndarray, prepared: list[np.ndarray] | None = None
     ) -> dict[Distance, dict[str, np.ndarray]]:
-        """Extremes of the anchor tile, ``[ANCHOR_TILE]`` arrays per distance."""
+        """Extremes of the anchor tile, ``[anchor_tile]`` arrays per distance."""
         if prepared is None:
             prepared = self.prepare(args[3])
         out = self._run(*args, *prepared)
@@ -173,18 +203,19 @@ def anchor_tables(
         )
         for d in evaluator.distances
     }
-    for c0 in range(0, len(candidates), CANDIDATE_TILE):
-        c_pos = candidates[c0 : c0 + CANDIDATE_TILE]
-        c_x = _padded(np.asarray(rows.embeddings[c_pos], np.float32), CANDIDATE_TILE)
-        c_labels = _padded(rows.labels[c_pos], CANDIDATE_TILE)
-        c_ids = _padded(c_pos.astype(np.int64), CANDIDATE_TILE, -2)
-        c_mask = _padded(np.ones(len(c_pos), bool), CANDIDATE_TILE, False)
+    a_tile, c_tile = evaluator.anchor_tile, evaluator.candidate_tile
+    for c0 in range(0, len(candidates), c_tile):
+        c_pos = candidates[c0 : c0 + c_tile]
+        c_x = _padded(np.asarray(rows.embeddings[c_pos], np.float32), c_tile)
+        c_labels = _padded(rows.labels[c_pos], c_tile)
+        c_ids = _padded(c_pos.astype(np.int64), c_tile, -2)
+        c_mask = _padded(np.ones(len(c_pos), bool), c_tile, False)
         prepared = evaluator.prepare(c_x)
-        for a0 in range(0, n, ANCHOR_TILE):
-            a_pos = anchors[a0 : a0 + ANCHOR_TILE]
-            a_x = _padded(np.asarray(rows.embeddings[a_pos], np.float32), ANCHOR_TILE)
-            a_labels = _padded(rows.labels[a_pos], ANCHOR_TILE)
-            a_ids = _padded(a_pos.astype(np.int64), ANCHOR_TILE, -1)
+        for a0 in range(0, n, a_tile):
+            a_pos = anchors[a0 : a0 + a_tile]
+            a_x = _padded(np.asarray(rows.embeddings[a_pos], np.float32), a_tile)
+            a_labels = _padded(rows.labels[a_pos], a_tile)
+            a_ids = _padded(a_pos.astype(np.int64), a_tile, -1)
             tile = (a_x, a_labels, a_ids, c_x, c_labels, c_ids, c_mask)
             out = evaluator(*tile, prepared=prepared)
             span = slice(a0, a0 + len(a_pos))
@@ -359,7 +390,9 @@ def evaluate_exact(
     try:
         require_rows(rows)
         dim = rows.embeddings.shape[1]
-        evaluator = ExactEvaluator(settings.distances, settings.device, dim)
+        evaluator = ExactEvaluator(
+            settings.distances, settings.device, dim, rows=len(rows.labels)
+        )
         everyone = np.arange(len(rows.labels))
 
         def run(candidates: np.ndarray) -> dict[Distance, AnchorView]:

@@ -61,11 +61,17 @@ def blobs(tmp_path):
     return write_parquet(tmp_path / "blobs.parquet", x, y), x, y
 
 
+@pytest.mark.parametrize("limit", ["rows", "values"])
 @pytest.mark.parametrize("name", DISTANCES)
-def test_exact_matches_brute_force(cli, blobs, monkeypatch, name):
+def test_exact_matches_brute_force(cli, blobs, monkeypatch, name, limit):
+    # Tiles of 16 anchors and 32 candidates, or tiles cut by the dimension:
+    # 6-value rows, 60 values a tile, 10 rows.
     path, x, y = blobs
-    monkeypatch.setattr(exact, "ANCHOR_TILE", 16)
-    monkeypatch.setattr(exact, "CANDIDATE_TILE", 32)
+    if limit == "rows":
+        monkeypatch.setattr(exact, "ANCHOR_TILE", 16)
+        monkeypatch.setattr(exact, "CANDIDATE_TILE", 32)
+    else:
+        monkeypatch.setattr(exact, "_TILE_VALUES", 60)
     rows = path.parent / "rows.parquet"
     out = cli(
         "eval", path, "-d", name, "--mode", "exact", "-f", "json", "--per-row", rows
@@ -91,6 +97,18 @@ def test_exact_matches_brute_force(cli, blobs, monkeypatch, name):
     assert table["nearest_neighbour_same_label"] == list(want["hit"])
     agree = np.array(table["nearest_negative_row"]) == want["nearest_row"]
     assert agree.mean() > 0.97  # ties may pick another row at the same distance
+
+
+def test_tiles_shrink_with_the_dimension_and_the_data():
+    assert exact.tile_rows(128) == (exact.ANCHOR_TILE, exact.CANDIDATE_TILE)
+    assert exact.tile_rows(2048) == (1024, 2048)
+    assert exact.tile_rows(200_000) == (20, 20)
+    assert exact.tile_rows(10_000_000) == (1, 1)
+    assert exact.tile_rows(128, rows=90) == (90, 90)
+    # A tile holds at most the budget, whatever the dimension.
+    for dim in (1, 127, 4097, 65_536, 200_000):
+        a, c = exact.tile_rows(dim)
+        assert max(a, c) * dim <= max(exact._TILE_VALUES, dim)
 
 
 def test_one_batch_covering_everything_agrees_with_exact(cli, blobs):
