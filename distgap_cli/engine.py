@@ -372,8 +372,11 @@ def _stacks(
     A stack is cut short when the next batch has not come within ``patience``
     seconds, so that a slow stream is evaluated (and its per-batch lines written)
     as it arrives, not once a whole stack of it has. ``first``, when given, is
-    the batch already taken from ``ahead``. A short stack is padded to the full
-    size with masked batches when ``pad`` (a compiled function's fixed shape).
+    the batch already taken from ``ahead``. When ``pad`` (a compiled function's
+    fixed shape), a short stack is padded to the full size with masked batches
+    and a short batch to the batch size with masked rows; otherwise a stack is
+    as wide as its widest batch (64 rows at ``-b 256`` cost 64 x 64 values, not
+    256 x 256).
     Each stack owns fresh arrays.
     """
     carried = first
@@ -395,7 +398,10 @@ def _stacks(
                 carried = following
                 break
             group.append(following)
-        yield _pack(group, batch_size, k if pad else len(group))
+        if pad:
+            yield _pack(group, batch_size, k)
+        else:  # no wider than its widest batch (a short last one, a small input)
+            yield _pack(group, max(len(b.labels) for b in group), len(group))
 
 
 def _computed(

@@ -174,6 +174,17 @@ def test_short_stacks_are_padded_only_for_a_fixed_shape(pad, shape):
     assert stack.mask[:2].all() and not stack.mask[2:].any()
 
 
+@pytest.mark.parametrize("pad, shape", [(True, (4096, 8)), (False, (2, 5))])
+def test_short_batches_are_padded_only_for_a_fixed_shape(pad, shape):
+    # Batches of 8 rows, of which the input holds 5 and 3: on NumPy the stack
+    # is 5 wide, not 8 (64 rows at -b 256 would otherwise cost 256 x 256).
+    parts = [_batch(0, n=5), _batch(5, n=3)]
+    (stack,) = _stacks(ReadAhead(iter(parts), lambda _: 1, 100), 8, 5, pad=pad)
+    assert stack.labels.shape == shape and stack.x.shape[:2] == shape
+    assert list(stack.sizes) == [5, 3] and stack.mask[0].sum() == 5
+    assert stack.mask[1].sum() == 3 and not stack.mask[2:].any()
+
+
 def test_distinct_labels_per_batch_match_unique():
     # Batch health counts the classes of each real batch of a stack at once;
     # rows past a batch's size, and the largest int64 label, must not confuse it.
