@@ -433,7 +433,9 @@ class NumpyOps:
                     tile = buffer[: anchors.shape[0], : candidates.shape[1]]
                     np.subtract(anchors, candidates, out=tile)
                     np.abs(tile, out=tile)
-                    np.sum(tile, axis=-1, out=out[b, a0 : a0 + a_step, c0 : c0 + c_step])
+                    np.sum(
+                        tile, axis=-1, out=out[b, a0 : a0 + a_step, c0 : c0 + c_step]
+                    )
         return out
 
 

@@ -174,7 +174,7 @@ def test_short_stacks_are_padded_only_for_a_fixed_shape(pad, shape):
     assert stack.mask[:2].all() and not stack.mask[2:].any()
 
 
-@pytest.mark.parametrize("pad, shape", [(True, (4096, 8)), (False, (2, 5))])
+@pytest.mark.parametrize("pad, shape", [(True, (stack_size(8, 2), 8)), (False, (2, 5))])
 def test_short_batches_are_padded_only_for_a_fixed_shape(pad, shape):
     # Batches of 8 rows, of which the input holds 5 and 3: on NumPy the stack
     # is 5 wide, not 8 (64 rows at -b 256 would otherwise cost 256 x 256).
