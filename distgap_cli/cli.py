@@ -764,14 +764,28 @@ def inspect_command(
     embedding_prefix: EmbeddingPrefixOpt = None,
     labels: LabelsOpt = None,
     distance: DistanceOpt = None,
-    batch_size: BatchSizeOpt = 256,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            metavar="N",
+            min=2,
+            help="Rows per batch, for the time estimate of eval.",
+        ),
+    ] = 256,
     limit: LimitOpt = None,
     output_format: Annotated[
         InspectFormat, typer.Option("--format", "-f", help="table or json.")
     ] = InspectFormat.TABLE,
     output: OutputOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Describe an input without evaluating it: rows, classes, invalid rows, norms.
+
+    Rows are checked as eval checks them for the distances given (cosine by
+    default): all-zero rows are invalid for cosine only, constant rows for snr
+    only.
 
     Example: distgap inspect shards/ --format json
     """
@@ -788,14 +802,14 @@ def inspect_command(
                 embedding_prefix=embedding_prefix,
                 labels=[str(p) for p in labels or []],
                 on_invalid="skip",
-                need_direction=True,
-                need_variance=True,
+                need_direction=any(d.needs_direction for d in chosen),
+                need_variance=any(d.needs_variance for d in chosen),
                 limit=limit,
             )
             reader = Reader(found, options)
-            for note in reader.ignored_options():
+            for note in [] if quiet else reader.ignored_options():
                 _warn(note)
-            doc = inspection.inspect_input(reader, batch_size or 256, len(chosen))
+            doc = inspection.inspect_input(reader, batch_size, len(chosen))
         finally:
             sources.release(found)
         with _opened(output) as out:

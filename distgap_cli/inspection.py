@@ -1,8 +1,9 @@
 """``distgap inspect``: what an input holds, without evaluating it.
 
-One pass over the input with every validity check switched on and invalid rows
-counted instead of fatal: rows, dimension, classes and their sizes, invalid rows
-by reason, vector norms, and a rough estimate of how long ``eval`` would take.
+One pass over the input with the checks ``eval`` makes for the chosen
+distances, invalid rows counted instead of fatal: rows, dimension, classes and
+their sizes, invalid rows by reason, vector norms, and a rough estimate of how
+long ``eval`` would take.
 TensorFlow is not imported.
 """
 

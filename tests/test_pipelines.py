@@ -176,6 +176,20 @@ def test_inspect(cli, tmp_path):
     assert doc["classes"] == 3 and doc["class_sizes"]["singletons"] == 3
     assert doc["norms"]["unit_length_share"] == pytest.approx(2 / 3)
     assert doc["estimate"]["eval_seconds"] > 0 and doc["estimate"]["cpu_cores"] >= 1
+    # Checked as eval checks them for the distances given: an all-zero row is
+    # invalid for cosine only, a constant row for snr only.
+    x = np.array([[0, 0], [1, 1], [1, 2], [2, 1], [3, 5], [1, 3], [4, 1]], np.float32)
+    path = write_parquet(tmp_path / "shapes.parquet", x, [0, 0, 0, 1, 1, 0, 1])
+    for distances, valid in (
+        ((), 6),
+        (("-d", "euclidean"), 7),
+        (("-d", "snr"), 5),  # [0, 0] is constant too
+        (("-d", "cosine", "-d", "snr"), 5),
+    ):
+        doc = json.loads(cli("inspect", path, *distances, "-f", "json").stdout)
+        assert doc["rows_valid"] == valid, distances
+        evaluated = cli("eval", path, *distances, "--on-invalid", "skip", "-f", "json")
+        assert json.loads(evaluated.stdout)["input"]["rows"] == valid, distances
     table = cli("inspect", SAMPLE_DATA / "digits_pixels.parquet")
     assert "1797 valid of 1797 read" in table.stdout
     lines = [" ".join(line.strip("│ ").split()) for line in table.stdout.splitlines()]
