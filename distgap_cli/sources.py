@@ -2,7 +2,9 @@
 
 Paths are expanded (directories recursively, hive-style ``key=value`` folders
 included; globs), sorted, and each file's format is read from its first bytes, not
-its name. Standard input (``-``) is sniffed the same way.
+its name. Files found in a directory or through a glob's wildcards are filtered
+alike (no hidden or bookkeeping files, nothing but data); a file named in full is
+always read. Standard input (``-``) is sniffed the same way.
 """
 
 from __future__ import annotations
@@ -100,15 +102,21 @@ def _partition_of(path: str, root: str) -> dict[str, str]:
     return parts
 
 
+def _is_skipped(name: str) -> bool:
+    """Whether a found file or folder is hidden or bookkeeping (``.crc``,
+    ``_SUCCESS``, ``_metadata``, ``_temporary``), never input."""
+    return name.startswith((".", "_"))
+
+
 def _is_data_file(folder: str, name: str) -> bool:
-    """Whether a file found in a directory is input.
+    """Whether a file found in a directory or by a glob is input.
 
     Hidden and bookkeeping files (``_SUCCESS``, ``_metadata``, ``.crc``) are not.
     Files named as a data format are (a wrong name is reported later); files with
     no suffix are when their first bytes are a data format (Hadoop-style
     ``part-00000``); files with any other suffix (a README, a JSON schema) are not.
     """
-    if name.startswith((".", "_")):
+    if _is_skipped(name):
         return False
     suffix = os.path.splitext(name)[1].lower()
     if suffix in _SUFFIXES:
@@ -121,11 +129,58 @@ def _is_data_file(folder: str, name: str) -> bool:
         return False
 
 
+def _split(path: str) -> list[str]:
+    """The names a path is made of, folders first."""
+    if os.altsep:
+        path = path.replace(os.altsep, os.sep)
+    return path.split(os.sep)
+
+
+def _is_matched_data_file(path: str, pattern: str) -> bool:
+    """Whether a file that glob ``pattern`` matched is input.
+
+    What the pattern's wildcards matched is judged as in a directory walk: no file
+    in a hidden or bookkeeping folder, only data files. Names the pattern spells out
+    (``out/_temporary/*.parquet``, ``runs/*/vectors.bin``) are taken as given.
+    """
+    names = _split(pattern)
+    spelled = {name for name in names if not glob.has_magic(name)}
+    folder, name = os.path.split(path)
+    if any(_is_skipped(d) and d not in spelled for d in _split(folder)):
+        return False
+    return not glob.has_magic(names[-1]) or _is_data_file(folder, name)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _expand_glob(pattern: str) -> list[str]:
+    """The data files ``pattern`` matches, sorted."""
+    matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not matches:
+        raise InputError("no file matches this pattern", file=pattern)
+    found = [p for p in matches if _is_matched_data_file(p, pattern)]
+    if not found:
+        shown = ", ".join(matches[:3])
+        if len(matches) > 3:
+            shown += f" and {len(matches) - 3} more"
+        raise InputError(
+            f"pattern matches no data files ({_plural(len(matches), 'file')} "
+            f"skipped: {shown})",
+            file=pattern,
+            fix="match Parquet, Arrow, .npy or .npz files (hidden, bookkeeping and "
+            "other files are skipped, as in a directory) or name a file explicitly "
+            "to read it",
+        )
+    return found
+
+
 def _expand(path: str) -> list[tuple[str, dict[str, str]]]:
     if os.path.isdir(path):
         found = []
         for folder, dirs, files in os.walk(path):
-            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            dirs[:] = [d for d in dirs if not _is_skipped(d)]
             for name in files:
                 if _is_data_file(folder, name):
                     full = os.path.join(folder, name)
@@ -140,12 +195,7 @@ def _expand(path: str) -> list[tuple[str, dict[str, str]]]:
     if os.path.exists(path):
         return [(path, {})]
     if glob.has_magic(path):
-        matches = sorted(
-            p for p in glob.glob(path, recursive=True) if os.path.isfile(p)
-        )
-        if not matches:
-            raise InputError("no file matches this pattern", file=path)
-        return [(p, {}) for p in matches]
+        return [(p, {}) for p in _expand_glob(path)]
     raise InputError("no such file or directory", file=path, fix="check the path")
 
 
@@ -187,8 +237,9 @@ def discover(paths: list[str]) -> list[Source]:
     holds that file's labels and is not read as an input of its own.
 
     Raises:
-        InputError: for a missing path, an empty directory or glob, an empty or
-            unrecognised file, or a file whose content contradicts its name.
+        InputError: for a missing path, a directory or glob without data files,
+            an empty or unrecognised file, or a file whose content contradicts its
+            name.
     """
     if paths.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")

@@ -958,6 +958,97 @@ def test_glob_matching_nothing(cli, tmp_path):
     assert str(tmp_path / "*.parquet") in line
 
 
+def _spark_output(tmp: Path) -> Path:
+    """A Spark-style output folder: part files beside bookkeeping files."""
+    root = tmp / "spark"
+    save(root / "part-00000.parquet", table(HARDNEG[:2], LABELS[:2]))
+    # Hadoop-style: no suffix, recognised by its first bytes.
+    save(root / "part-00001.parquet", table(HARDNEG[2:], LABELS[2:])).rename(
+        root / "part-00001"
+    )
+    (root / "_SUCCESS").write_bytes(b"")
+    (root / ".part-00000.parquet.crc").write_bytes(b"junk")
+    (root / "part-00001.crc").write_bytes(b"junk")
+    (root / "README.md").write_text("# embeddings\n")
+    # A task's leftovers: data, but not to be read twice.
+    save(root / "_temporary" / "0" / "part-00000.parquet", table(HARDNEG, LABELS))
+    return root
+
+
+@pytest.mark.parametrize("pattern", ["*", "**/*", "**", "part-*"])
+def test_glob_skips_what_a_directory_skips(cli, tmp_path, pattern):
+    root = _spark_output(tmp_path)
+    walked = report(cli, root)
+    matched = report(cli, root / pattern)
+    assert (
+        matched["input"]["files"]
+        == walked["input"]["files"]
+        == [
+            str(root / "part-00000.parquet"),
+            str(root / "part-00001"),
+        ]
+    )
+    assert matched["input"]["rows"] == walked["input"]["rows"] == 4
+    assert matched["results"] == walked["results"]
+    assert matched["results"][0]["gap"]["mean"] == pytest.approx(5, abs=1e-6)
+
+
+def test_recursive_glob_skips_a_readme(cli, tmp_path):
+    root = tmp_path / "shards"
+    a = save(root / "day=1" / "part-0.parquet", table(HARDNEG[:2], LABELS[:2]))
+    b = save(root / "day=2" / "sub" / "part-0.parquet", table(HARDNEG[2:], LABELS[2:]))
+    (root / "README.md").write_text("# shards\n")
+    (root / "day=1" / "schema.json").write_text("{}\n")
+    doc = report(cli, root / "**" / "*")
+    assert doc["input"]["files"] == [str(a), str(b)]
+    assert doc["results"][0]["gap"]["mean"] == pytest.approx(5, abs=1e-6)
+
+
+def test_glob_matching_only_skipped_files(cli, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_SUCCESS").write_bytes(b"")
+    (tmp_path / "out" / "README.md").write_text("# nothing yet\n")
+    pattern = tmp_path / "out" / "*"
+    line = rejected(cli, pattern)
+    assert line.startswith(f"error: {pattern}: pattern matches no data files")
+    assert "2 files skipped" in line
+    assert str(tmp_path / "out" / "README.md") in line
+    assert str(tmp_path / "out" / "_SUCCESS") in line
+    assert "name a file explicitly" in line
+
+
+def test_glob_lists_at_most_three_skipped_files(cli, tmp_path):
+    for name in ("a.md", "b.md", "c.md", "d.md", "e.md"):
+        (tmp_path / name).write_text("notes\n")
+    line = rejected(cli, tmp_path / "*.md")
+    assert str(tmp_path / "c.md") + " and 2 more" in line
+    assert str(tmp_path / "d.md") not in line
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        # A file named in full is read, whatever its name.
+        ("spark/_SUCCESS", "file is empty (0 bytes)"),
+        # So is a name a pattern spells out, only its folders matched by wildcards.
+        ("*/_SUCCESS", "file is empty (0 bytes)"),
+        ("spark/*.crc", "pattern matches no data files (1 file skipped"),
+    ],
+)
+def test_files_named_explicitly_are_read(cli, tmp_path, given, says):
+    _spark_output(tmp_path)
+    line = rejected(cli, tmp_path / given)
+    assert says in line
+
+
+def test_folder_a_pattern_spells_out_is_entered(cli, tmp_path):
+    root = _spark_output(tmp_path)
+    doc = report(cli, root / "_temporary" / "*" / "*.parquet")
+    assert doc["input"]["files"] == [
+        str(root / "_temporary" / "0" / "part-00000.parquet")
+    ]
+
+
 def test_labels_file_with_too_few_labels(cli, tmp_path):
     np.save(tmp_path / "x.npy", HARDNEG_X)
     np.save(tmp_path / "y.npy", HARDNEG_Y[:3])
