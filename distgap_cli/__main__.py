@@ -1,6 +1,7 @@
 """The ``distgap`` command and ``python -m distgap_cli``."""
 
 import os
+import signal
 import sys
 
 # distgap runs one NumPy thread per core (distgap_cli.backend.NumpyRunner); the
@@ -40,15 +41,23 @@ def keep_in_heap() -> None:
     mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    from distgap_cli.errors import Terminated
+
+    raise Terminated
+
+
 def run() -> None:
-    """Start the command line; Ctrl-C while it is still loading exits 130."""
+    """Start the command line; Ctrl-C while it is still loading exits 130,
+    SIGTERM 143 (both remove distgap's temporary files on the way out)."""
     for name in _BLAS_THREADS:
         os.environ.setdefault(name, "1")
     keep_in_heap()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         from distgap_cli.cli import main
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(143 if type(exc).__name__ == "Terminated" else 130)
     main()
 
 

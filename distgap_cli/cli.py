@@ -1,7 +1,8 @@
 """The ``distgap`` command line: parse flags, call the library, hand data to render.
 
 Exit codes: 0 success (every gate held), 1 a quality gate failed, 2 a usage or
-input error (one line on stderr), 130 interrupted, 141 output pipe closed early.
+input error (one line on stderr), 130 interrupted (Ctrl-C), 141 output pipe
+closed early, 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from rich.markup import escape
 from distgap_cli import __version__, render
 from distgap_cli.backend import parse_device
 from distgap_cli.distances import Distance, parse_selection
-from distgap_cli.errors import DistgapError, NoResultError, UsageError
+from distgap_cli.errors import DistgapError, NoResultError, Terminated, UsageError
 
 app = typer.Typer(
     name="distgap",
     help="How well do saved embeddings separate their classes? Measures the "
     "distance gap between hardest positives and hardest negatives.",
     epilog="Exit codes: 0 done; 1 a gate failed; 2 bad input, bad usage or no "
-    "result; 130 interrupted; 141 output pipe closed.",
+    "result; 130 interrupted; 141 output pipe closed; 143 terminated.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -41,6 +42,7 @@ app = typer.Typer(
 
 EXIT_GATE_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
 
 
@@ -108,8 +110,13 @@ def _reporting_errors() -> Iterator[None]:
     except DistgapError as exc:
         _err_console().print(f"[bold red]error:[/] {escape(str(exc))}", emoji=False)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                "terminated (SIGTERM)\n" if terminated else "interrupted (Ctrl-C)\n"
+            )
+        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         # Let the interpreter exit without complaining about the closed pipe.
         with contextlib.suppress(OSError):

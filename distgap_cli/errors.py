@@ -65,3 +65,9 @@ class DeviceError(DistgapError):
 
 class NumericalError(DistgapError):
     """A computation left the range of its number type."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, ``docker stop``, ``timeout``): handled as
+    Ctrl-C is, so temporary files are removed on the way out, with the exit
+    code a shell gives a process ended by it (143)."""

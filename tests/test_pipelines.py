@@ -382,6 +382,41 @@ def test_interrupt_exits_130_without_traceback(tmp_path):
     assert b"Traceback" not in stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum, code, said",
+    [(signal.SIGTERM, 143, b"terminated"), (signal.SIGINT, 130, b"interrupted")],
+)
+def test_a_stopped_run_removes_its_temporary_files(tmp_path, signum, code, said):
+    # Standard input is spooled to a temporary file and --shuffle spills the
+    # rows to another; a CI job cancelled (SIGTERM) or Ctrl-C must remove both.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60_000, 64)).astype(np.float32)
+    data = write_parquet(tmp_path / "slow.parquet", x, rng.integers(0, 100, len(x)))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    exe = ROOT / ".venv" / "bin" / "distgap"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "distgap_cli"]
+    args = ["eval", "-", "--shuffle", "-b", "4096", "-d", "manhattan"]
+    with open(data, "rb") as stdin:
+        child = subprocess.Popen(
+            [*command, *args],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TMPDIR": str(scratch)},
+        )
+        deadline = time.monotonic() + 60
+        while len(list(scratch.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(scratch.iterdir())) == 2  # the spool and the spill
+        child.send_signal(signum)
+        _, stderr = child.communicate(timeout=120)
+    assert child.returncode == code, stderr
+    assert said in stderr and b"Traceback" not in stderr
+    assert list(scratch.iterdir()) == []
+
+
 # Writes an Arrow stream of two 4-row batches to stdout, then holds the pipe open.
 _SLOW_WRITER = """
 import sys, time
