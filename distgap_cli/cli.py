@@ -56,6 +56,23 @@ class Format(enum.StrEnum):
     JSONL = "jsonl"
 
 
+# The format a report written with -o takes from the file's suffix when
+# --format is not given.
+_SUFFIX_FORMATS = {
+    ".json": Format.JSON,
+    ".csv": Format.CSV,
+    ".md": Format.MARKDOWN,
+    ".markdown": Format.MARKDOWN,
+    ".jsonl": Format.JSONL,
+    ".ndjson": Format.JSONL,
+}
+
+
+def _format_of(output: Path | None) -> Format | None:
+    """The format ``-o FILE``'s suffix names, if any (``report.json``: json)."""
+    return _SUFFIX_FORMATS.get(output.suffix.lower()) if output else None
+
+
 class InspectFormat(enum.StrEnum):
     """Output formats of ``distgap inspect``."""
 
@@ -327,7 +344,8 @@ def eval_command(
         typer.Option(
             "--format",
             "-f",
-            help="Output format. [default: table; jsonl with --per-batch]",
+            help="Output format. [default: from -o's suffix (.json, .csv, .md, "
+            ".jsonl), else table; jsonl with --per-batch]",
             show_default=False,
         ),
     ] = None,
@@ -447,7 +465,9 @@ def eval_command(
     with _reporting_errors():
         chosen = parse_selection(distance or [])
         parse_device(device)
-        fmt = output_format or (Format.JSONL if per_batch else Format.TABLE)
+        fmt = output_format or (
+            Format.JSONL if per_batch else _format_of(output) or Format.TABLE
+        )
         if per_batch and fmt is not Format.JSONL:
             raise UsageError(
                 "--per-batch streams JSON lines; use --format jsonl (its default)"
@@ -726,8 +746,15 @@ def compare_command(
     current: Annotated[Path, typer.Argument(help="The later report.")],
     max_drop: MaxDropOpt = None,
     output_format: Annotated[
-        Format, typer.Option("--format", "-f", help="Output format.")
-    ] = Format.TABLE,
+        Format | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output format. [default: from -o's suffix (.json, .csv, .md, "
+            ".jsonl), else table]",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -755,11 +782,12 @@ def compare_command(
             raise UsageError(
                 "the two reports share no distance with comparable statistics"
             )
+        fmt = output_format or _format_of(output) or Format.TABLE
         with _opened(output) as out:
-            if output_format is Format.TABLE:
+            if fmt is Format.TABLE:
                 render.comparison_table(doc, _console(out))
             else:
-                out.write(render.comparison_text(doc, output_format.value))
+                out.write(render.comparison_text(doc, fmt.value))
         _fail_on(report.failed_comparisons(doc))
 
 
@@ -783,8 +811,14 @@ def inspect_command(
     ] = 256,
     limit: LimitOpt = None,
     output_format: Annotated[
-        InspectFormat, typer.Option("--format", "-f", help="table or json.")
-    ] = InspectFormat.TABLE,
+        InspectFormat | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table or json. [default: json for -o FILE.json, else table]",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -820,7 +854,10 @@ def inspect_command(
         finally:
             sources.release(found)
         with _opened(output) as out:
-            if output_format is InspectFormat.JSON:
+            as_json = output_format is InspectFormat.JSON or (
+                output_format is None and _format_of(output) is Format.JSON
+            )
+            if as_json:
                 out.write(report.to_json(doc))
             else:
                 render.inspection_table(doc, _console(out))

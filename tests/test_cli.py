@@ -180,6 +180,32 @@ def test_output_file(cli, hardneg, tmp_path):
     assert json.loads(target.read_text())["schema"] == "distgap.eval/1"
 
 
+def test_output_format_follows_the_file_suffix_unless_given(cli, hardneg, tmp_path):
+    report = tmp_path / "report.json"
+    assert cli("eval", hardneg, "-d", "l2", "-o", report).exit_code == 0
+    assert json.loads(report.read_text())["schema"] == "distgap.eval/1"
+    table = tmp_path / "table.csv"
+    cli("eval", hardneg, "-d", "l2", "-o", table)
+    assert table.read_text().startswith("distance,")
+    lines = tmp_path / "batches.json"  # --per-batch streams JSON lines whatever
+    cli("eval", hardneg, "-d", "l2", "--per-batch", "-o", lines)
+    assert all(json.loads(line) for line in lines.read_text().splitlines())
+    given = tmp_path / "given.json"
+    cli("eval", hardneg, "-d", "l2", "-f", "table", "-o", given)
+    assert "gap mean" in given.read_text() and not given.read_text().startswith("{")
+    plain = tmp_path / "report.txt"
+    cli("eval", hardneg, "-d", "l2", "-o", plain)
+    assert "gap mean" in plain.read_text()
+
+    compared = tmp_path / "compare.md"
+    out = cli("compare", report, report, "-o", compared)
+    assert out.exit_code == 0, out.stderr
+    assert compared.read_text().startswith("| distance | statistic |")
+    described = tmp_path / "inspect.json"
+    assert cli("inspect", hardneg, "-o", described).exit_code == 0
+    assert json.loads(described.read_text())["schema"] == "distgap.inspect/1"
+
+
 # Shared case C11: tables in CI logs.
 def test_c11_no_number_cut_short_and_no_escapes(cli, tmp_path):
     rng = np.random.default_rng(0)
