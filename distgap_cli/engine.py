@@ -617,6 +617,10 @@ def _per_anchor(stack: Stack, values: dict[str, np.ndarray]) -> PerAnchor:
     return PerAnchor.concat(parts)
 
 
+def _batches(count: int) -> str:
+    return "1 batch" if count == 1 else f"{count} batches"
+
+
 def _check_batches(result: EvalResult) -> None:
     """Fail when no batch had a gap; warn when many were skipped."""
     acc = next(iter(result.accumulators.values()))
@@ -631,9 +635,9 @@ def _check_batches(result: EvalResult) -> None:
         )
     if acc.used_batches == 0 and acc.counts["anchors_with_pos"] == 0:
         raise NoResultError(
-            f"no batch had two rows of one class (all {total} without a positive "
-            "pair), so there is no gap; try --sampler balanced or a larger "
-            "--batch-size"
+            f"no batch had two rows of one class ({_batches(total)}, none with a "
+            "positive pair), so there is no gap; try --sampler balanced or a "
+            "larger --batch-size"
         )
     if acc.used_batches == 0:
         raise NoResultError(

@@ -165,6 +165,17 @@ def _dtype_name(arrow_type: pa.DataType) -> str:
         return str(arrow_type)
 
 
+# How to fix files of different dimensions in one run.
+_OTHER_DIMENSION_HINT = (
+    "evaluate one model's embeddings at a time, or pass --per-file to evaluate "
+    "each file apart (batch mode)"
+)
+
+
+def _values(count: int) -> str:
+    return "1 value" if count == 1 else f"{count} values"
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
@@ -584,14 +595,19 @@ class Reader:
             if origin[0] == source.name
             else f"{origin[0]} row {origin[1]}"
         )
+        hint = (
+            "give every row the same dimension"
+            if origin[0] == source.name
+            else _OTHER_DIMENSION_HINT
+        )
         checks.append(
             _Check(
                 "wrong length",
                 wrong,
                 lambda i: (
-                    f"embedding has {lengths[i]} values but {where} has {dim}",
+                    f"embedding has {_values(lengths[i])} but {where} has {dim}",
                     name,
-                    "give every row the same dimension",
+                    hint,
                 ),
             )
         )
@@ -644,7 +660,7 @@ class Reader:
             raise InputError(
                 f"embeddings have dimension {len(names)} but {origin} has {self.dim}",
                 file=source.name,
-                fix="evaluate one model's embeddings at a time",
+                fix=_OTHER_DIMENSION_HINT,
             )
         values = np.empty((n, len(names)), dtype=np.float32)
         null = np.zeros(n, bool)
@@ -989,7 +1005,7 @@ class Reader:
                 f"embeddings have dimension {embeddings.shape[1]} but {origin} has "
                 f"{self.dim}",
                 file=name,
-                fix="evaluate one model's embeddings at a time",
+                fix=_OTHER_DIMENSION_HINT,
             )
         kind = "string" if labels.dtype.kind in "US" else "integer"
         if labels.dtype.kind not in "biufUS":

@@ -540,6 +540,7 @@ def test_shards_of_different_dimension(cli, tmp_path, emb_type):
     assert "row 4" in line
     assert "3 values" in line
     assert "has 2" in line
+    assert "--per-file" in line  # files of two models can be evaluated apart
 
 
 def test_npy_files_of_different_dimension(cli, tmp_path):
@@ -550,6 +551,14 @@ def test_npy_files_of_different_dimension(cli, tmp_path):
     assert str(b) in line
     assert "dimension 3" in line
     assert "has 2" in line
+    assert "--per-file" in line
+
+
+def test_a_short_row_in_one_file_is_told_in_the_singular(cli, tmp_path):
+    rows = [[0.0, 1.0], [1.0, 0.0], [2.0], [3.0, 1.0]]
+    line = rejected(cli, save(tmp_path / "a.parquet", table(rows, [0, 0, 1, 1])))
+    assert "row 2" in line and "has 1 value but row 0 has 2" in line
+    assert "give every row the same dimension" in line
 
 
 def test_shards_with_integer_and_string_labels(cli, tmp_path):
