@@ -126,9 +126,8 @@ def _rows(doc: dict[str, Any]) -> list[tuple[str, Callable[[dict[str, Any]], str
             if c is None:
                 return "n/a"
             if key == "change":
-                sign = "+" if c["change"] >= 0 else ""
                 mark = "" if c["passed"] is not False else " FAIL"
-                return f"{sign}{c['change']:.6f}{mark}"
+                return _change(c["change"]) + mark
             return _number(c["baseline"])
 
         return read
@@ -365,16 +364,23 @@ def text(doc: dict[str, Any], fmt: str) -> str:
 _COMPARE_COLUMNS = ("distance", "statistic", "baseline", "current", "change", "better")
 
 
+def _change(value: float | None) -> str:
+    """A signed change; "not compared" where a report had no value (null)."""
+    if value is None or math.isnan(value):
+        return "not compared"
+    return f"{'+' if value >= 0 else ''}{value:.6f}"
+
+
 def _comparison_cells(c: dict[str, Any]) -> list[str]:
+    change = _change(c["change"])
     better = {True: "yes", False: "no", None: "same"}[c["better"]]
-    sign = "+" if c["change"] >= 0 else ""
     cells = [
         c["distance"],
         c["statistic"],
         _number(c["baseline"]),
         _number(c["current"]),
-        f"{sign}{c['change']:.6f}",
-        better,
+        change,
+        "n/a" if change == "not compared" else better,
     ]
     if c["passed"] is not None:
         cells.append("pass" if c["passed"] else "FAIL")

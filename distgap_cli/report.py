@@ -333,6 +333,8 @@ def parse_drop(text: str) -> tuple[float, bool]:
 
 
 def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """A compared statistic (its mean where it has one): None where the report
+    has no such field (precision@1 in batch mode), NaN where it holds null."""
     value: Any = entry
     for key in path:
         if not isinstance(value, dict) or key not in value:
@@ -345,6 +347,32 @@ def _lookup(entry: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return float(value)
 
 
+def _shown_name(entry: dict[str, Any], stat: Compared) -> str:
+    """The statistic as a user finds it in the report: ``margin.mean`` in batch
+    mode, ``margin`` in exact mode."""
+    name = ".".join(stat.path)
+    return name + ".mean" if isinstance(entry.get(stat.path[0]), dict) else name
+
+
+def _pairs(
+    current: dict[str, Any], baseline: dict[str, Any]
+) -> list[tuple[dict[str, Any], Compared, float, float]]:
+    """Every statistic both reports have a field for, in each distance both hold:
+    (current entry, statistic, current value, baseline value); null is NaN."""
+    theirs = {e["distance"]: e for e in baseline.get("results", [])}
+    pairs = []
+    for entry in current["results"]:
+        old = theirs.get(entry["distance"])
+        if old is None:
+            continue
+        for stat in COMPARED:
+            new_value = _lookup(entry, stat.path)
+            old_value = _lookup(old, stat.path)
+            if new_value is not None and old_value is not None:
+                pairs.append((entry, stat, new_value, old_value))
+    return pairs
+
+
 def compare(
     current: dict[str, Any],
     baseline: dict[str, Any],
@@ -354,45 +382,53 @@ def compare(
 
     A statistic is *worse by* how far it moved in the bad direction. With
     ``max_drop``, a comparison fails when it is worse by more than the allowed
-    drop (absolute, or relative to the baseline's magnitude), or when the current
-    value is missing where the baseline had one.
+    drop (absolute, or relative to the baseline's magnitude). A statistic either
+    report has no value for (null) is *not compared*: it is listed with
+    ``change`` null and, as any gate that reads null, fails ``max_drop``.
     """
-    theirs = {e["distance"]: e for e in baseline.get("results", [])}
     comparisons = []
-    for entry in current["results"]:
-        old = theirs.get(entry["distance"])
-        if old is None:
-            continue
-        for stat in COMPARED:
-            new_value = _lookup(entry, stat.path)
-            old_value = _lookup(old, stat.path)
-            if new_value is None or old_value is None or math.isnan(old_value):
-                continue
-            change = new_value - old_value
-            worse_by = -change if stat.higher_is_better else change
-            allowed = None
-            passed = None
-            if max_drop is not None:
-                amount, relative = max_drop
-                allowed = amount * abs(old_value) if relative else amount
-                passed = not math.isnan(new_value) and worse_by <= allowed + 1e-12
-            comparisons.append(
-                {
-                    "distance": entry["distance"],
-                    "statistic": stat.name,
-                    "baseline": old_value,
-                    "current": new_value,
-                    "change": change,
-                    "better": (
-                        None
-                        if math.isnan(change) or change == 0
-                        else (change > 0) == stat.higher_is_better
-                    ),
-                    "allowed_drop": allowed,
-                    "passed": passed,
-                }
-            )
+    for entry, stat, new_value, old_value in _pairs(current, baseline):
+        compared = not (math.isnan(new_value) or math.isnan(old_value))
+        change = new_value - old_value
+        worse_by = -change if stat.higher_is_better else change
+        allowed = None
+        passed = None
+        if max_drop is not None:
+            amount, relative = max_drop
+            allowed = amount * abs(old_value) if relative else amount
+            passed = compared and worse_by <= allowed + 1e-12
+        comparisons.append(
+            {
+                "distance": entry["distance"],
+                "statistic": stat.name,
+                "baseline": old_value,
+                "current": new_value,
+                "change": change,
+                "better": (
+                    None
+                    if not compared or change == 0
+                    else (change > 0) == stat.higher_is_better
+                ),
+                "allowed_drop": allowed,
+                "passed": passed,
+            }
+        )
     return {"comparisons": comparisons}
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _without_value(new_value: Any, old_value: Any) -> str | None:
+    """Which report has no value (null) for a statistic, or None if both do."""
+    if _is_null(old_value) and _is_null(new_value):
+        return "neither the baseline nor this report has a value"
+    if _is_null(old_value):
+        return "the baseline has no value"
+    if _is_null(new_value):
+        return "this report has no value"
+    return None
 
 
 def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
@@ -436,6 +472,14 @@ def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
             f"the baseline also holds {', '.join(dropped)}, which this report does "
             "not: not compared"
         )
+    for entry, stat, new_value, old_value in _pairs(current, baseline):
+        who = _without_value(new_value, old_value)
+        if who:
+            warnings.append(
+                f"not compared: {who} for {entry['distance']} "
+                f"{_shown_name(entry, stat)} (null); --max-drop fails on it, as "
+                "any gate that reads null"
+            )
     return warnings
 
 
@@ -443,7 +487,13 @@ def failed_comparisons(section: dict[str, Any], flag: str = "--max-drop") -> lis
     """One stderr line per comparison that dropped more than allowed."""
     lines = []
     for c in section["comparisons"]:
-        if c["passed"] is False:
+        who = _without_value(c["current"], c["baseline"])
+        if c["passed"] is False and who:
+            lines.append(
+                f"gate failed: {flag} on {c['distance']}: {c['statistic']} not "
+                f"compared: {who} for it (null), and a gate that reads null fails"
+            )
+        elif c["passed"] is False:
             lines.append(
                 f"gate failed: {flag} on {c['distance']}: {c['statistic']} is "
                 f"{c['current']:.6g}, baseline {c['baseline']:.6g}, worse by "
@@ -452,11 +502,17 @@ def failed_comparisons(section: dict[str, Any], flag: str = "--max-drop") -> lis
     return lines
 
 
+# How to make a report a comparison can read.
+_REMAKE = "`distgap eval ... -f json -o FILE`"
+
+
 def load_report(path: str) -> dict[str, Any]:
     """Read a saved JSON report.
 
     Raises:
-        InputError: when the file is missing, not JSON, or not a distgap report.
+        InputError: when the file is missing, not JSON, not a distgap report, a
+            report of a schema version this distgap does not read, or not
+            complete.
     """
     try:
         with open(path, encoding="utf-8") as handle:
@@ -477,12 +533,27 @@ def load_report(path: str) -> dict[str, Any]:
             file=path,
             fix="pass a report saved with distgap eval --format json",
         )
+    if schema != SCHEMA:
+        raise InputError(
+            f"is a report of schema {schema!r}, which this distgap "
+            f"({__version__}) does not read: it reads {SCHEMA!r} only",
+            file=path,
+            fix=f"re-create it with this distgap: {_REMAKE}, or use the distgap "
+            "that wrote it",
+        )
     problem = _shape_problem(doc)
     if problem:
         raise InputError(
             f"is not a distgap report as saved: {problem}",
             file=path,
             fix="pass a report saved with distgap eval --format json, unedited",
+        )
+    missing = _missing_key(doc)
+    if missing:
+        raise InputError(
+            f"is not a complete distgap eval report: {missing}",
+            file=path,
+            fix=f"re-create it with {_REMAKE}",
         )
     return doc
 
@@ -498,7 +569,7 @@ def _shape_problem(doc: dict[str, Any]) -> str | None:
     comparisons and gates read must have the types distgap writes."""
     if not isinstance(doc.get("settings", {}), dict):
         return "'settings' is not an object"
-    results = doc.get("results")
+    results = doc.get("results", [])
     if not isinstance(results, list):
         return "'results' is not a list"
     for i, entry in enumerate(results):
@@ -511,4 +582,28 @@ def _shape_problem(doc: dict[str, Any]) -> str | None:
                 value, name = value.get("mean"), name + ".mean"
             if not _is_number(value):
                 return f"results[{i}].{name} is {value!r}, not a number"
+    mode = doc.get("settings", {}).get("mode", "batch")
+    if mode not in ("batch", "exact"):
+        return f"settings.mode is {mode!r}, not 'batch' or 'exact'"
+    return None
+
+
+def _missing_key(doc: dict[str, Any]) -> str | None:
+    """The first field a comparison reads that the report lacks. A null value
+    is not missing: a genuine report holds null where a figure is undefined."""
+    for key in ("results", "settings"):
+        if key not in doc:
+            return f"it has no {key!r}"
+    if "mode" not in doc["settings"]:
+        return "it has no 'settings.mode'"
+    exact = doc["settings"]["mode"] == "exact"
+    # Batch mode has no precision@1; exact mode has every compared statistic.
+    needed = [s for s in COMPARED if exact or s.name != "precision_at_1"]
+    for i, entry in enumerate(doc["results"]):
+        for stat in needed:
+            key = stat.path[0]
+            if key not in entry:
+                return f"results[{i}] ({entry['distance']}) has no {key!r}"
+            if isinstance(entry[key], dict) and "mean" not in entry[key]:
+                return f"results[{i}].{key} ({entry['distance']}) has no 'mean'"
     return None

@@ -111,8 +111,127 @@ def test_a_drop_gate_with_nothing_to_compare_fails(cli, saved, tmp_path):
     hollow = tmp_path / "hollow.json"
     hollow.write_text(json.dumps(empty))
     out = cli("eval", TRAINED, "--baseline", hollow, "--max-drop", "0")
-    assert out.exit_code == 2
-    assert "nothing to compare with the baseline" in out.stderr
+    # A gate that reads null fails: each figure is named, none passes unchecked.
+    assert out.exit_code == 1
+    for name in ("gap", "margin", "violation_rate"):
+        assert f"gate failed: --max-drop on cosine: {name} not compared" in out.stderr
+
+
+def _edited(path, tmp_path, edit, name="edited.json"):
+    """A copy of the saved report at ``path``, changed by ``edit``."""
+    doc = json.loads(Path(path).read_text())
+    edit(doc)
+    target = tmp_path / name
+    target.write_text(json.dumps(doc))
+    return target
+
+
+def _null_margin(doc):
+    doc["results"][0]["margin"]["mean"] = None
+
+
+def test_a_null_in_the_baseline_is_said_and_shown_not_compared(cli, saved, tmp_path):
+    baseline = _edited(saved["trained"], tmp_path, _null_margin)
+    said = "not compared: the baseline has no value for cosine margin.mean"
+    out = cli("eval", TRAINED, "--baseline", baseline, "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    assert said in out.stderr
+    comparisons = json.loads(out.stdout)["baseline"]["comparisons"]
+    margin = next(c for c in comparisons if c["statistic"] == "margin")
+    assert margin["baseline"] is None and margin["change"] is None
+    assert margin["current"] is not None and margin["passed"] is None
+    assert [c["statistic"] for c in comparisons] == ["gap", "margin", "violation_rate"]
+
+    for args in (
+        ("eval", TRAINED, "--baseline", baseline),
+        ("compare", baseline, saved["trained"]),
+    ):
+        table = cli(*args)
+        assert table.exit_code == 0 and said in table.stderr
+        assert "not compared" in table.stdout
+        gated = cli(*args, "--max-drop", "1%")
+        assert gated.exit_code == 1
+        assert "gate failed: --max-drop on cosine: margin not compared" in (
+            gated.stderr
+        )
+        assert "not compared" in gated.stdout and "FAIL" in gated.stdout
+        assert cli(*args, "-q").stderr == ""
+
+    for fmt in ("json", "jsonl", "csv", "markdown"):
+        out = cli("compare", baseline, saved["trained"], "-f", fmt, "-q")
+        assert out.exit_code == 0 and "margin" in out.stdout, fmt
+    doc = json.loads(cli("compare", baseline, saved["trained"], "-f", "json").stdout)
+    margin = next(c for c in doc["comparisons"] if c["statistic"] == "margin")
+    assert margin["baseline"] is None and margin["change"] is None
+    assert margin["better"] is None
+
+
+def test_a_genuine_null_loads_and_compares_what_it_can(cli, tmp_path):
+    # One sampled anchor, of a class of one row: gap, margin and violation rate
+    # are undefined (null) in a genuine report; precision@1 is not.
+    x = np.array([[0.0], [1.0], [3.0], [10.0], [20.0]], np.float32)
+    path = write_parquet(tmp_path / "single.parquet", x, [0, 0, 1, 1, 2])
+    report_file = tmp_path / "sampled.json"
+    made = cli(
+        *("eval", path, "-d", "l2", "--mode", "exact", "--anchors", "1"),
+        *("--seed", "0", "-f", "json", "-o", report_file),
+    )
+    assert made.exit_code == 0, made.stderr
+    entry = json.loads(report_file.read_text())["results"][0]
+    assert entry["margin"] is None and entry["precision_at_1"] is not None
+    out = cli("compare", report_file, report_file, "-f", "json")
+    assert out.exit_code == 0, out.stderr
+    assert "neither the baseline nor this report has a value" in out.stderr
+    changes = {
+        c["statistic"]: c["change"] for c in json.loads(out.stdout)["comparisons"]
+    }
+    assert changes == {
+        "gap": None,
+        "margin": None,
+        "violation_rate": None,
+        "precision_at_1": 0.0,
+    }
+
+
+def test_a_report_of_another_schema_version_is_refused(cli, saved, tmp_path):
+    def future(doc):
+        doc["schema"] = "distgap.eval/9"
+
+    newer = _edited(saved["trained"], tmp_path, future, "newer.json")
+    for out in (
+        cli("compare", newer, saved["trained"]),
+        cli("compare", saved["trained"], newer),
+        cli("eval", TRAINED, "--baseline", newer, "--max-drop", "1%"),
+    ):
+        assert out.exit_code == 2 and out.stdout == ""
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in out.stderr
+        assert "newer.json" in lines[0] and "'distgap.eval/9'" in lines[0]
+        assert f"reads {report.SCHEMA!r} only" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "edit, missing",
+    [
+        (lambda doc: doc.clear() or doc.update(schema=report.SCHEMA), "'results'"),
+        (lambda doc: doc.pop("settings"), "'settings'"),
+        (lambda doc: doc["settings"].pop("mode"), "'settings.mode'"),
+        (lambda doc: doc["results"][0].pop("margin"), "results[0] (cosine)"),
+        (lambda doc: doc["results"][0]["gap"].pop("mean"), "results[0].gap"),
+    ],
+)
+def test_an_incomplete_report_is_refused(cli, saved, tmp_path, edit, missing):
+    partial = _edited(saved["trained"], tmp_path, edit, "partial.json")
+    for out in (
+        cli("compare", partial, saved["trained"]),
+        cli("eval", TRAINED, "--baseline", partial),
+    ):
+        assert out.exit_code == 2 and out.stdout == ""
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, out.stderr
+        assert "partial.json: is not a complete distgap eval report" in lines[0]
+        assert missing in lines[0]
+        assert "distgap eval ... -f json -o FILE" in lines[0]
 
 
 def test_compare_csv_keeps_full_precision(cli, saved):
