@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from distgap_cli.report import GATES, json_line, result_lines, to_json
+from distgap_cli.report import GATES, UNJUDGED, json_line, result_lines, to_json
 
 SIMILARITY_NOTE = (
     "inner_product is a similarity (larger is closer): taken literally as "
@@ -380,7 +380,7 @@ def _comparison_cells(c: dict[str, Any]) -> list[str]:
         _number(c["baseline"]),
         _number(c["current"]),
         change,
-        "n/a" if change == "not compared" else better,
+        "n/a" if change == "not compared" or c["statistic"] in UNJUDGED else better,
     ]
     if c["passed"] is not None:
         cells.append("pass" if c["passed"] else "FAIL")

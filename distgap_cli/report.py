@@ -297,19 +297,25 @@ def result_lines(doc: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Compared:
-    """A statistic compared between runs, and which direction is better."""
+    """A statistic compared between runs, and which direction is better: None
+    for the gap, shown beside the others but neither judged nor gated."""
 
     name: str
     path: tuple[str, ...]
-    higher_is_better: bool
+    higher_is_better: bool | None
 
 
+# The gap is |min_neg - max_pos|, as TensorFlow Similarity takes it: it grows as
+# classes separate and as they overlap more (raw pixels have a larger gap than a
+# trained model), so no direction of it is better; the margin, its signed form,
+# is judged in its place.
 COMPARED = (
-    Compared("gap", ("gap",), True),
+    Compared("gap", ("gap",), None),
     Compared("margin", ("margin",), True),
     Compared("violation_rate", ("violation_rate",), False),
     Compared("precision_at_1", ("precision_at_1",), True),
 )
+UNJUDGED = frozenset(s.name for s in COMPARED if s.higher_is_better is None)
 
 
 def parse_drop(text: str) -> tuple[float, bool]:
@@ -384,7 +390,9 @@ def compare(
     ``max_drop``, a comparison fails when it is worse by more than the allowed
     drop (absolute, or relative to the baseline's magnitude). A statistic either
     report has no value for (null) is *not compared*: it is listed with
-    ``change`` null and, as any gate that reads null, fails ``max_drop``.
+    ``change`` null and, as any gate that reads null, fails ``max_drop``. The
+    gap is listed with its change but ``better`` and ``passed`` null: no
+    direction of it is better (see :data:`COMPARED`).
     """
     comparisons = []
     for entry, stat, new_value, old_value in _pairs(current, baseline):
@@ -393,7 +401,7 @@ def compare(
         worse_by = -change if stat.higher_is_better else change
         allowed = None
         passed = None
-        if max_drop is not None:
+        if max_drop is not None and stat.higher_is_better is not None:
             amount, relative = max_drop
             allowed = amount * abs(old_value) if relative else amount
             passed = compared and worse_by <= allowed + 1e-12
@@ -406,7 +414,7 @@ def compare(
                 "change": change,
                 "better": (
                     None
-                    if not compared or change == 0
+                    if not compared or change == 0 or stat.higher_is_better is None
                     else (change > 0) == stat.higher_is_better
                 ),
                 "allowed_drop": allowed,
@@ -474,7 +482,7 @@ def comparable(current: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
         )
     for entry, stat, new_value, old_value in _pairs(current, baseline):
         who = _without_value(new_value, old_value)
-        if who:
+        if who and stat.name not in UNJUDGED:
             warnings.append(
                 f"not compared: {who} for {entry['distance']} "
                 f"{_shown_name(entry, stat)} (null); --max-drop fails on it, as "

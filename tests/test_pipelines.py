@@ -76,8 +76,12 @@ def test_baseline_gate_passes_and_fails(cli, saved):
     )
     assert worse.exit_code == 1
     doc = json.loads(worse.stdout)
-    failed = {c["statistic"] for c in doc["baseline"]["comparisons"] if not c["passed"]}
+    comparisons = doc["baseline"]["comparisons"]
+    failed = {c["statistic"] for c in comparisons if c["passed"] is False}
     assert failed == {"margin", "violation_rate"}
+    # The pixels' gap is larger than the trained model's: never called better.
+    (gap,) = [c for c in comparisons if c["statistic"] == "gap"]
+    assert gap["change"] > 0 and gap["better"] is None and gap["passed"] is None
     assert "gate failed: --max-drop on cosine: margin is -0.427935" in worse.stderr
 
 
@@ -113,8 +117,9 @@ def test_a_drop_gate_with_nothing_to_compare_fails(cli, saved, tmp_path):
     out = cli("eval", TRAINED, "--baseline", hollow, "--max-drop", "0")
     # A gate that reads null fails: each figure is named, none passes unchecked.
     assert out.exit_code == 1
-    for name in ("gap", "margin", "violation_rate"):
+    for name in ("margin", "violation_rate"):
         assert f"gate failed: --max-drop on cosine: {name} not compared" in out.stderr
+    assert "on cosine: gap" not in out.stderr  # the gap is never gated
 
 
 def _edited(path, tmp_path, edit, name="edited.json"):
@@ -245,12 +250,22 @@ def test_compare_csv_keeps_full_precision(cli, saved):
 
 
 def test_relative_and_absolute_drops():
-    base = {"results": [{"distance": "cosine", "gap": {"mean": 0.5}}]}
-    new = {"results": [{"distance": "cosine", "gap": {"mean": 0.46}}]}
+    base = {"results": [{"distance": "cosine", "margin": {"mean": 0.5}}]}
+    new = {"results": [{"distance": "cosine", "margin": {"mean": 0.46}}]}
     rel = report.compare(new, base, report.parse_drop("10%"))["comparisons"][0]
     assert rel["allowed_drop"] == pytest.approx(0.05) and rel["passed"]
     tight = report.compare(new, base, report.parse_drop("0.01"))["comparisons"][0]
     assert tight["passed"] is False and tight["better"] is False
+
+
+def test_the_gap_is_shown_but_neither_judged_nor_gated():
+    # |min_neg - max_pos| grows as classes separate and as they overlap more.
+    base = {"results": [{"distance": "cosine", "gap": {"mean": 0.5}}]}
+    new = {"results": [{"distance": "cosine", "gap": {"mean": 0.1}}]}
+    (gap,) = report.compare(new, base, report.parse_drop("0"))["comparisons"]
+    assert gap["change"] == pytest.approx(-0.4)
+    assert gap["better"] is None and gap["passed"] is None
+    assert gap["allowed_drop"] is None
     with pytest.raises(report.UsageError):
         report.parse_drop("-1")
     with pytest.raises(report.UsageError):
