@@ -850,7 +850,7 @@ def inspect_command(
             reader = Reader(found, options)
             for note in [] if quiet else reader.ignored_options():
                 _warn(note)
-            doc = inspection.inspect_input(reader, batch_size, len(chosen))
+            doc = inspection.inspect_input(reader, batch_size, chosen)
         finally:
             sources.release(found)
         with _opened(output) as out:

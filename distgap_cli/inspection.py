@@ -15,31 +15,45 @@ from typing import Any
 import numpy as np
 
 from distgap_cli.backend import worker_count
+from distgap_cli.distances import Distance
 from distgap_cli.reading import Reader
 
 SCHEMA = "distgap.inspect/1"
 
-# Rough costs fitted to bench/run.py on a 2-core x86-64 machine (cosine, CPU,
-# NumPy): start-up (a GPU adds TensorFlow's import, seconds), and core-seconds
-# per row: a fixed part, a part per value of the row, and a part per Gram
-# product term (batch size x dimension). Measured end to end: 1M x 128 at batch
-# 256 1.6-1.7 s, at batch 1024 2.6-3.4 s; 100k x 768 at batch 256 0.8-1.0 s.
+# Rough costs fitted to bench/run.py on a 2-core x86-64 machine (CPU, NumPy):
+# start-up (a GPU adds TensorFlow's import, seconds), and core-seconds per row
+# of one distance: a fixed part, a part per value of the row, and a part per
+# Gram product term (batch size x dimension). Cosine, end to end: 1M x 128 at
+# batch 256 1.4-1.8 s, at batch 1024 2.7-3.0 s; 100k x 768 at batch 256 0.9 s.
+# manhattan has no product to lean on: it costs a part per absolute difference
+# (batch size x dimension) instead, 0.65-0.72 ns of a core each (1M x 128 at
+# batch 256: 23.6 CPU seconds, at 1024: 90; 100k x 768 at 256: 12.7).
 _STARTUP_SECONDS = 0.4
 _PER_ROW = 0.7e-6
 _PER_VALUE = 6e-9
 _PER_PRODUCT_TERM = 3e-11
+_PER_DIFFERENCE = 0.7e-9
 
 
 def estimate_seconds(
-    rows: int, dim: int, batch_size: int, distances: int, cores: int
+    rows: int, dim: int, batch_size: int, distances: list[Distance], cores: int
 ) -> float:
     """A rough wall-time estimate for ``distgap eval`` in batch mode on ``cores``
     CPU cores (one NumPy thread each)."""
-    per_row = _PER_ROW + _PER_VALUE * dim + _PER_PRODUCT_TERM * batch_size * dim
-    return _STARTUP_SECONDS + rows * per_row * max(distances, 1) / max(cores, 1)
+    fixed = _PER_ROW + _PER_VALUE * dim
+    per_row = 0.0
+    for distance in distances:
+        pairs = batch_size * dim
+        if distance is Distance.MANHATTAN:
+            per_row += fixed + _PER_DIFFERENCE * pairs
+        else:
+            per_row += fixed + _PER_PRODUCT_TERM * pairs
+    return _STARTUP_SECONDS + rows * per_row / max(cores, 1)
 
 
-def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, Any]:
+def inspect_input(
+    reader: Reader, batch_size: int, distances: list[Distance]
+) -> dict[str, Any]:
     """Read everything ``reader`` yields and describe it."""
     labels: list[np.ndarray] = []
     norm_min, norm_max, norm_sum, unit = math.inf, 0.0, 0.0, 0
@@ -81,7 +95,7 @@ def inspect_input(reader: Reader, batch_size: int, distances: int) -> dict[str, 
         },
         "estimate": {
             "batch_size": batch_size,
-            "distances": distances,
+            "distances": len(distances),
             "cpu_cores": cores,
             "eval_seconds": estimate_seconds(rows, dim, batch_size, distances, cores),
         },
