@@ -26,7 +26,7 @@ import numpy as np
 def main() -> None:
     x = np.load(sys.argv[1], mmap_mode="r")
     batch = int(sys.argv[2])
-    k = max(1, (1 << 21) // (batch * batch))  # batches a call, as distgap's
+    k = max(1, (1 << 21) // (batch * max(batch, x.shape[1])))  # as distgap
     step = k * batch
     dim = x.shape[1]
     local = threading.local()  # each thread writes its products in one place

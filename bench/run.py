@@ -257,7 +257,9 @@ def numpy_matmul_threads(rows: int, dim: int, batch: int, repeat: int) -> float:
 
     k = stack_size(batch, dim, worker_count())
     x = np.random.default_rng(1).normal(size=(k, batch, dim)).astype(np.float32)
-    run_parts = NumpyRunner(products, split=1, pairs=lambda x: x.shape[1] ** 2)
+    run_parts = NumpyRunner(
+        products, split=1, size=lambda x: x.shape[1] * max(x.shape[1], x.shape[2])
+    )
     calls = -(-rows // (k * batch))
 
     def run() -> float:
@@ -294,9 +296,11 @@ def numpy_products(rows: int, dim: int, batch: int, repeat: int, form: str) -> f
     the same output every time. ``form`` is ``symmetric`` (the rows times
     themselves, which NumPy hands to the BLAS as a rank-k update) or
     ``general`` (a copy of the rows times the rows)."""
-    from distgap_cli.backend import _PART_PAIRS, worker_count
+    from distgap_cli.backend import _PART_VALUES, worker_count
 
-    k = max(1, _PART_PAIRS // (batch * batch))  # batches a part, as distgap's
+    k = max(
+        1, _PART_VALUES // (batch * max(batch, dim))
+    )  # batches a part, as distgap's
     calls = -(-rows // (k * batch))
     threads = worker_count()
     rng = np.random.default_rng(1)
@@ -344,7 +348,9 @@ def exact_numpy_matmul(rows: int, dim: int, repeat: int) -> float:
     a = rng.normal(size=(ANCHOR_TILE, dim)).astype(np.float32)
     c = rng.normal(size=(CANDIDATE_TILE, dim)).astype(np.float32)
     run_parts = NumpyRunner(
-        lambda a, c: {"g": {"g": a @ c.T}}, split=1, pairs=lambda a: CANDIDATE_TILE
+        lambda a, c: {"g": {"g": a @ c.T}},
+        split=1,
+        size=lambda a, c: max(CANDIDATE_TILE, dim),
     )
     calls = -(-rows // ANCHOR_TILE) * -(-rows // CANDIDATE_TILE)
 

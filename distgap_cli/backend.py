@@ -137,8 +137,9 @@ def worker_count() -> int:
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
-# Values in one part's [B, B] temporaries on the CPU (2M: 8 MB of float32).
-_PART_PAIRS = 1 << 21
+# Values in one part's [B, B] temporaries or rows on the CPU (2M: 8 MB of
+# float32).
+_PART_VALUES = 1 << 21
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -157,8 +158,9 @@ class NumpyRunner:
     """Calls ``fn`` with NumPy arrays, its stack split across one thread per core.
 
     The first ``split`` arguments are cut along their first axis into parts, at
-    least one per thread; the others go whole to every part. ``pairs(first)`` is
-    how many pairwise values one item of the first argument's first axis costs.
+    least one per thread; the others go whole to every part. ``size(*args)`` is
+    how many values one item of the split axis holds at most: its ``[B, B]``
+    temporaries or its rows, whichever are larger.
     ``fn`` returns a dict of dicts of arrays whose first axis follows the split;
     the parts are joined back. NumPy releases the GIL in the matrix products and
     the passes over them, so the threads run in parallel. Each thread's matrix
@@ -169,11 +171,11 @@ class NumpyRunner:
     device = "/CPU:0"
 
     def __init__(
-        self, fn: Callable[..., Results], split: int, pairs: Callable[[Any], int]
+        self, fn: Callable[..., Results], split: int, size: Callable[..., int]
     ) -> None:
         self._compute = fn
         self._split = split
-        self._pairs = pairs
+        self._size = size
 
     def _fn(self, *args: np.ndarray) -> Results:
         # inf - inf and 0 / 0 make the NaNs the core means (no pair, no value).
@@ -182,7 +184,7 @@ class NumpyRunner:
 
     def __call__(self, *args: np.ndarray) -> Results:
         """``fn`` over the whole stack."""
-        parts = self._parts(args[0])
+        parts = self._parts(args)
         if parts <= 1:
             return self._fn(*args)
         pieces = [np.array_split(a, parts) for a in args[: self._split]]
@@ -197,19 +199,24 @@ class NumpyRunner:
             for key, value in outs[0].items()
         }
 
-    def _parts(self, first: np.ndarray) -> int:
+    def _parts(self, args: tuple[np.ndarray, ...]) -> int:
         """How many parts to cut a stack into: one per core at least, more while
-        a part's ``[B, B]`` temporaries would pass ``_PART_PAIRS`` values.
+        a part would hold more than ``_PART_VALUES`` values (in its ``[B, B]``
+        temporaries, or in its rows where they are larger).
 
         Each part costs some hundred NumPy calls, so parts should be large;
         their temporaries are reused from malloc's heap (see
         ``distgap_cli.__main__.keep_in_heap``) up to 32 MB, so 8 MB ones cost
         no page faults. Exact mode, a 1,024 x 4,096 tile a call: 12.0 CPU
         seconds for 50,000 rows at 2M values a part (two parts), 16.2 at 512k
-        (eight); batch mode at 256 and 1,024 the same within noise.
+        (eight). Batch mode, one thread, batch 256: at d = 128, 32 batches a
+        part ran 440-560k rows/s where 8 ran 300-330k; at d = 768, the rows
+        bound a part to 10 batches, and 32 (whose anchors the core then
+        slices, giving up the symmetric product) ran 80-95k rows/s where 8 or
+        16 ran 105-125k.
         """
-        stacked = len(first)
-        by_size = -(-stacked * self._pairs(first) // _PART_PAIRS)
+        stacked = len(args[0])
+        by_size = -(-stacked * self._size(*args) // _PART_VALUES)
         return max(1, min(stacked, max(worker_count(), by_size)))
 
 
@@ -244,16 +251,16 @@ def runner(
     fn: Callable[..., Any],
     device: str,
     split: int,
-    pairs: Callable[[Any], int],
+    size: Callable[..., int],
     signature: Callable[[Any], list[Any]] | None = None,
     library: str = "auto",
 ) -> Runner:
     """A runner of ``fn`` for a ``--device`` value: NumPy threads on the CPU,
     TensorFlow on a GPU (or on the CPU too, with ``library="tensorflow"``).
-    ``split`` and ``pairs`` are as for :class:`NumpyRunner`; ``signature(tf)``,
+    ``split`` and ``size`` are as for :class:`NumpyRunner`; ``signature(tf)``,
     when given, fixes the compiled function's input signature."""
     placed = resolve_device(device)
     if placed == "/CPU:0" and library != "tensorflow":
-        return NumpyRunner(fn, split, pairs)
+        return NumpyRunner(fn, split, size)
     spec = signature(tensorflow()) if signature is not None else None
     return TensorFlowRunner(fn, placed, spec)

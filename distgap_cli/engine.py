@@ -178,7 +178,7 @@ class BatchEvaluator:
             evaluate,
             device,
             3,
-            pairs=lambda labels: labels.shape[1] ** 2,
+            size=lambda labels, x, mask: x.shape[1] * max(x.shape[1], x.shape[2]),
             library=library,
         )
         self.device = self._run.device

@@ -139,7 +139,11 @@ class ExactEvaluator:
             }
 
         self.distances = distances
-        self._run = runner(tile, device, 3, lambda a: c_tile, signature, library)
+
+        def size(a: Any, *rest: Any) -> int:  # an anchor's products, or its row
+            return max(c_tile, a.shape[1])
+
+        self._run = runner(tile, device, 3, size, signature, library)
         self.device = self._run.device
         if isinstance(self._run, NumpyRunner):
             a_tile, c_tile = tile_rows(dim, rows)

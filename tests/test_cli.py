@@ -292,8 +292,8 @@ def test_tensorflow_path_matches_numpy_through_the_command(cli, mode, monkeypatc
     on_numpy = as_json(cli(*args, "--device", "cpu"))
     runner = backend.runner
 
-    def on_tensorflow_runner(fn, device, split, pairs, signature=None, library=""):
-        return runner(fn, device, split, pairs, signature, library="tensorflow")
+    def on_tensorflow_runner(fn, device, split, size, signature=None, library=""):
+        return runner(fn, device, split, size, signature, library="tensorflow")
 
     monkeypatch.setattr(backend, "runner", on_tensorflow_runner)
     monkeypatch.setattr(engine, "runner", on_tensorflow_runner)

@@ -52,7 +52,7 @@ def _assert_same(got, want, distance):
 @pytest.mark.parametrize("distance", DISTANCES, ids=[d.value for d in DISTANCES])
 def test_batch_mode_numpy_matches_tensorflow(distance, monkeypatch):
     # Small parts and anchor slices, so the split and the slicing both happen.
-    monkeypatch.setattr(backend, "_PART_PAIRS", 3 * 48 * 48)
+    monkeypatch.setattr(backend, "_PART_VALUES", 3 * 48 * 48)
     monkeypatch.setattr(arrays, "_ANCHOR_PAIRS", 3 * 48 * 10)
     labels, x, mask = _stack(k=9, b=48, d=7, seed=distance.value.__len__())
     on_numpy = BatchEvaluator([distance], "cpu", per_anchor=True)
@@ -69,10 +69,27 @@ def test_batch_mode_numpy_matches_tensorflow(distance, monkeypatch):
     assert agree.mean() > 0.99  # the same partner, bar float near-ties
 
 
+@pytest.mark.parametrize(
+    ("k", "b", "d", "parts"),
+    [
+        (64, 256, 128, 2),  # 32 batches of 256 x 256 products a part
+        (42, 256, 768, 4),  # 256 x 768 rows outweigh the products: 10 a part
+        (16, 1024, 128, 8),  # 2 of 1,024 x 1,024
+        (3, 256, 128, 1),  # a small stack is one part (on one core)
+        (3, 2048, 128, 3),  # never less than a batch a part
+    ],
+)
+def test_parts_hold_the_larger_of_products_and_rows(monkeypatch, k, b, d, parts):
+    monkeypatch.setattr(backend, "worker_count", lambda: 1)
+    evaluator = BatchEvaluator([Distance.COSINE], "cpu")
+    stack = (np.zeros((k, b), np.int64), np.zeros((k, b, d), np.float32), None)
+    assert evaluator._run._parts(stack) == parts
+
+
 def test_parts_and_slices_change_nothing(monkeypatch):
     labels, x, mask = _stack(k=8, b=64, d=5, seed=3)
     whole = BatchEvaluator([Distance.EUCLIDEAN], "cpu")(labels, x, mask)
-    monkeypatch.setattr(backend, "_PART_PAIRS", 64 * 64)
+    monkeypatch.setattr(backend, "_PART_VALUES", 64 * 64)
     monkeypatch.setattr(arrays, "_ANCHOR_PAIRS", 64 * 7)
     cut = BatchEvaluator([Distance.EUCLIDEAN], "cpu")(labels, x, mask)
     for name, value in whole[Distance.EUCLIDEAN].items():
