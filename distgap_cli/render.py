@@ -371,7 +371,9 @@ def _change(value: float | None) -> str:
     return f"{'+' if value >= 0 else ''}{value:.6f}"
 
 
-def _comparison_cells(c: dict[str, Any]) -> list[str]:
+def _comparison_cells(c: dict[str, Any], gated: bool) -> list[str]:
+    """One comparison's cells; with ``gated``, a gate cell ends every row
+    ("n/a" for the gap, which is never gated)."""
     change = _change(c["change"])
     better = {True: "yes", False: "no", None: "same"}[c["better"]]
     cells = [
@@ -382,8 +384,8 @@ def _comparison_cells(c: dict[str, Any]) -> list[str]:
         change,
         "n/a" if change == "not compared" or c["statistic"] in UNJUDGED else better,
     ]
-    if c["passed"] is not None:
-        cells.append("pass" if c["passed"] else "FAIL")
+    if gated:
+        cells.append({True: "pass", False: "FAIL", None: "n/a"}[c["passed"]])
     return cells
 
 
@@ -395,7 +397,7 @@ def comparison_table(doc: dict[str, Any], console: Console) -> None:
     for i, name in enumerate(columns):
         grid.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
     for c in doc["comparisons"]:
-        grid.add_row(*(escape(cell) for cell in _comparison_cells(c)))
+        grid.add_row(*(escape(cell) for cell in _comparison_cells(c, gated)))
     console.print(
         escape(f"{doc['baseline']} (baseline) against {doc['current']}"),
         soft_wrap=True,
@@ -405,7 +407,7 @@ def comparison_table(doc: dict[str, Any], console: Console) -> None:
         console.print(grid)
     else:
         for c in doc["comparisons"]:
-            pairs = zip(columns, _comparison_cells(c), strict=True)
+            pairs = zip(columns, _comparison_cells(c, gated), strict=True)
             console.print(", ".join(f"{k}: {v}" for k, v in pairs), soft_wrap=True)
 
 
@@ -431,7 +433,7 @@ def comparison_text(doc: dict[str, Any], fmt: str) -> str:
                 [c["distance"], c["statistic"], *(_csv_value(c[k]) for k in keys)]
             )
         return buffer.getvalue()
-    rows = [_comparison_cells(c) for c in doc["comparisons"]]
+    rows = [_comparison_cells(c, gated) for c in doc["comparisons"]]
     out = [
         "| " + " | ".join(columns) + " |",
         "| "

@@ -298,6 +298,25 @@ def test_compare_command(cli, saved):
     assert md.startswith("| distance | statistic | baseline |")
 
 
+@pytest.mark.parametrize("width", ["40", "200"])
+def test_a_gated_comparison_has_a_gate_cell_on_every_row(saved, width):
+    # The gap is never gated: its row still has the gate column ("n/a"), in a
+    # table, in the narrow form of a table, and in Markdown.
+    from typer.testing import CliRunner
+
+    from distgap_cli.cli import app
+
+    runner = CliRunner(env={"COLUMNS": width, "NO_COLOR": "1"})
+    args = ["compare", str(saved["trained"]), str(saved["trained"]), "--max-drop", "0"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "gap" in out.stdout and "Traceback" not in out.output
+    md = runner.invoke(app, [*args, "-f", "markdown"]).stdout.splitlines()
+    assert len({line.count("|") for line in md}) == 1
+    (gap,) = [line for line in md if "| gap |" in line]
+    assert gap.rstrip(" |").endswith("n/a")
+
+
 def test_inspect(cli, tmp_path):
     x = np.array([[0, 0], [0.6, 0.8], [1, 0], [np.nan, 1], [3, 4]], np.float32)
     path = write_parquet(tmp_path / "mixed.parquet", x, [0, 0, 1, 1, 2])
