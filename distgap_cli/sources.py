@@ -240,16 +240,31 @@ def discover(paths: list[str]) -> list[Source]:
         InputError: for a missing path, a directory or glob without data files,
             an empty or unrecognised file, or a file whose content contradicts its
             name.
+        UsageError: for a file given twice (directly, or through a directory or
+            a glob), or standard input given twice.
     """
     if paths.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
     sources: list[Source] = []
+    seen: dict[str, str] = {}  # each file's real path: the path given for it
     try:
         for given in paths:
             if given == "-":
                 sources.append(_stdin_source())
                 continue
             for path, partition in _expand(given):
+                real = os.path.realpath(path)
+                if real in seen:
+                    through = (
+                        ""
+                        if seen[real] == given
+                        else f" (through {seen[real]!r} and {given!r})"
+                    )
+                    raise UsageError(
+                        f"{path} is given twice{through}: its rows would be read "
+                        "twice; pass each file once"
+                    )
+                seen[real] = given
                 kind = _check_kind(path, _read_head(path))
                 sources.append(Source(path, path, kind, partition))
     except BaseException:
@@ -321,8 +336,13 @@ def _stdin_source() -> Source:
         replay = io.BufferedReader(_Replay(head, stream), 1 << 20)
         return Source(STDIN, STDIN, kind, stream=replay)
     with tempfile.NamedTemporaryFile(prefix="distgap-stdin-", delete=False) as spool:
-        spool.write(head)
-        shutil.copyfileobj(stream, spool, 1 << 20)
+        try:
+            spool.write(head)
+            shutil.copyfileobj(stream, spool, 1 << 20)
+        except BaseException:  # Ctrl-C, SIGTERM, a full disk: leave nothing
+            with contextlib.suppress(OSError):
+                os.unlink(spool.name)
+            raise
     return Source(STDIN, spool.name, kind)
 
 

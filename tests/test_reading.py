@@ -265,6 +265,37 @@ def test_stdin_spool_is_removed(cli, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("distgap-*"))
 
 
+def test_a_file_given_twice_is_refused(cli, tmp_path):
+    path = save(tmp_path / "shards" / "a.parquet", table(HARDNEG, LABELS))
+    twice = cli("eval", path, path)
+    assert twice.exit_code == 2 and "is given twice: its rows" in twice.stderr
+    nested = cli("eval", tmp_path / "shards", path)
+    assert nested.exit_code == 2 and "through" in nested.stderr
+    glob_and_file = cli("eval", str(tmp_path / "shards" / "*.parquet"), path)
+    assert glob_and_file.exit_code == 2 and str(path) in glob_and_file.stderr
+    (tmp_path / "link.parquet").symlink_to(path)
+    linked = cli("eval", path, tmp_path / "link.parquet")
+    assert linked.exit_code == 2 and "given twice" in linked.stderr
+
+
+def test_stdin_spool_is_removed_when_its_copy_is_interrupted(
+    cli, tmp_path, monkeypatch
+):
+    # Ctrl-C or SIGTERM while standard input is still being copied.
+    from distgap_cli import sources
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def interrupted(source, target, length=0):
+        target.write(source.read(16))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sources.shutil, "copyfileobj", interrupted)
+    out = cli("eval", "-", "-d", "l2", input=npy_bytes(HARDNEG_X, HARDNEG_Y))
+    assert out.exit_code == 130 and "interrupted" in out.stderr
+    assert not list(tmp_path.glob("distgap-*"))
+
+
 @pytest.mark.slow
 def test_arrow_stream_piped_into_the_installed_command(tmp_path):
     # A real pipe, written in small pieces: the head arrives in several reads.
