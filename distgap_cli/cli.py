@@ -119,6 +119,16 @@ def _warn(text: str) -> None:
     _err_console().print(f"[yellow]warning:[/] {escape(text)}", emoji=False)
 
 
+def _stopped(signal: BaseException | None) -> int:
+    """Say that Ctrl-C or SIGTERM stopped the run; its exit code (130, 143)."""
+    terminated = isinstance(signal, Terminated)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(
+            "terminated (SIGTERM)\n" if terminated else "interrupted (Ctrl-C)\n"
+        )
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
 @contextlib.contextmanager
 def _reporting_errors() -> Iterator[None]:
     """Turn distgap's own errors into one stderr line and their exit code."""
@@ -128,12 +138,7 @@ def _reporting_errors() -> Iterator[None]:
         _err_console().print(f"[bold red]error:[/] {escape(str(exc))}", emoji=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(
-                "terminated (SIGTERM)\n" if terminated else "interrupted (Ctrl-C)\n"
-            )
-        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from None
+        raise typer.Exit(_stopped(exc)) from None
     except BrokenPipeError:
         # Let the interpreter exit without complaining about the closed pipe.
         with contextlib.suppress(OSError):
@@ -246,8 +251,9 @@ MaxDropOpt = Annotated[
     str | None,
     typer.Option(
         metavar="X",
-        help="Gate: fail when gap, margin, violation rate or precision@1 is worse "
-        "than the baseline by more than X (absolute), or X% (relative).",
+        help="Gate: fail when the margin, violation rate or precision@1 is worse "
+        "than the baseline by more than X (absolute), or X% (relative). The gap "
+        "is shown, never gated.",
         show_default=False,
     ),
 ]
@@ -465,9 +471,13 @@ def eval_command(
     with _reporting_errors():
         chosen = parse_selection(distance or [])
         parse_device(device)
-        fmt = output_format or (
-            Format.JSONL if per_batch else _format_of(output) or Format.TABLE
-        )
+        named = _format_of(output)
+        if per_batch and output_format is None and named not in (None, Format.JSONL):
+            raise UsageError(
+                f"--per-batch streams JSON lines, but -o {output} names the "
+                f"{named} format; name the file .jsonl (or pass -f jsonl)"
+            )
+        fmt = output_format or (Format.JSONL if per_batch else named or Format.TABLE)
         if per_batch and fmt is not Format.JSONL:
             raise UsageError(
                 "--per-batch streams JSON lines; use --format jsonl (its default)"
@@ -1160,7 +1170,9 @@ def _run() -> int:
             getattr(exc, "exit_code", None),
         )
         if type(exc).__name__ == "Abort":
-            return EXIT_INTERRUPTED
+            # Ctrl-C or SIGTERM before distgap's own handling began (the
+            # parser turns either into Abort).
+            return _stopped(exc.__cause__ or exc.__context__)
         if not callable(message) or not isinstance(code, int):
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":

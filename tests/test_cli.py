@@ -13,8 +13,10 @@ import sys
 
 import numpy as np
 import pytest
+import typer
 
 from distgap_cli import render
+from distgap_cli.errors import Terminated
 
 from .conftest import HARDNEG_X, HARDNEG_Y, ROOT, SAMPLE_DATA, write_parquet
 
@@ -187,9 +189,13 @@ def test_output_format_follows_the_file_suffix_unless_given(cli, hardneg, tmp_pa
     table = tmp_path / "table.csv"
     cli("eval", hardneg, "-d", "l2", "-o", table)
     assert table.read_text().startswith("distance,")
-    lines = tmp_path / "batches.json"  # --per-batch streams JSON lines whatever
+    lines = tmp_path / "batches.jsonl"
     cli("eval", hardneg, "-d", "l2", "--per-batch", "-o", lines)
     assert all(json.loads(line) for line in lines.read_text().splitlines())
+    # --per-batch streams JSON lines: a file named otherwise is refused.
+    refused = cli("eval", hardneg, "--per-batch", "-o", tmp_path / "batches.json")
+    assert refused.exit_code == 2 and "name the file .jsonl" in refused.stderr
+    assert not (tmp_path / "batches.json").exists()
     given = tmp_path / "given.json"
     cli("eval", hardneg, "-d", "l2", "-f", "table", "-o", given)
     assert "gap mean" in given.read_text() and not given.read_text().startswith("{")
@@ -501,3 +507,24 @@ def test_python_dash_m():
 )
 def test_table_numbers_never_hide_a_tiny_value(value, shown):
     assert render._number(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("signal", "code", "said"),
+    [
+        (Terminated, 143, "terminated (SIGTERM)"),
+        (KeyboardInterrupt, 130, "interrupted"),
+    ],
+)
+def test_a_signal_the_parser_caught_keeps_its_exit_code(
+    monkeypatch, capsys, signal, code, said
+):
+    # Ctrl-C or SIGTERM while the parser still runs reaches distgap as Abort.
+    from distgap_cli import cli as command_line
+
+    def parser(**kwargs):
+        raise typer.Abort() from signal()
+
+    monkeypatch.setattr(command_line, "app", parser)
+    assert command_line._run() == code
+    assert said in capsys.readouterr().err
