@@ -29,6 +29,8 @@ _BUFFER_ELEMENTS = 1 << 18
 # slices' products too thin: cosine, batch 1024, d 128, a million rows took
 # 3.0 s instead of 2.7 s on 2 cores.
 _ANCHOR_PAIRS = 1 << 20
+# Values in the anchors' differences to their picked partners (64 MB).
+_DIFFERENCE_VALUES = 1 << 24
 # Batches up to this many rows take their Gram matrix as a symmetric product.
 _SYMMETRIC_ROWS = 512
 # l2_normalize's floor on the squared norm, TensorFlow's default.
@@ -339,11 +341,16 @@ class NumpyOps:
         """0, 1, ..., n - 1."""
         return np.arange(n)
 
-    def anchor_rows(self, stacked: int, batch: int) -> int:
+    def anchor_rows(self, stacked: int, batch: int, dim: int = 0) -> int:
         """How many anchors of each batch the core should take at a time: the
         ``[K, A, B]`` temporaries then hold about ``_ANCHOR_PAIRS`` values, which
-        keeps them in cache and off the kernel's page faults."""
-        return max(1, _ANCHOR_PAIRS // max(stacked * batch, 1))
+        keeps them in cache and off the kernel's page faults, and the anchors'
+        differences to their two picked partners ``[K, A, 2, d]`` at most
+        ``_DIFFERENCE_VALUES`` (at d = 1,000,000, 8 anchors a slice: 64
+        batches of 64 rows made 512 MB of differences at once)."""
+        by_pairs = _ANCHOR_PAIRS // max(stacked * batch, 1)
+        by_rows = _DIFFERENCE_VALUES // max(stacked * 2 * dim, 1)
+        return max(1, min(by_pairs, by_rows))
 
     def copy(self, x: Any) -> Any:
         """A copy of ``x`` that may be written in place."""
@@ -561,7 +568,7 @@ class TensorFlowOps:
     def positions(self, n: Any) -> Any:
         return self.tf.range(n)
 
-    def anchor_rows(self, stacked: Any, batch: Any) -> None:
+    def anchor_rows(self, stacked: Any, batch: Any, dim: Any = 0) -> None:
         """All anchors at once: a compiled function fuses and schedules the
         passes itself."""
         return None

@@ -267,7 +267,7 @@ def _hardest_only(
     order, codes = xp.sort_by_label(labels)
     if order is not None:
         x, mask = xp.permute_rows(x, order), xp.permute_rows(mask, order)
-    step = xp.anchor_rows(labels.shape[0], b)
+    step = xp.anchor_rows(labels.shape[0], b, x.shape[-1])
     if step is None or step >= b:
         picks, values, has_pos, has_neg = _hardest_of(xp, distance, codes, x, mask)
     else:

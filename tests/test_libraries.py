@@ -86,6 +86,20 @@ def test_parts_hold_the_larger_of_products_and_rows(monkeypatch, k, b, d, parts)
     assert evaluator._run._parts(stack) == parts
 
 
+def test_anchor_slices_bound_the_differences_at_a_high_dimension(monkeypatch):
+    ops = arrays.NumpyOps()
+    assert ops.anchor_rows(1, 64, 1_000_000) == 8  # 8 x 2 x 1M values: 64 MB
+    assert ops.anchor_rows(10, 256, 768) >= 256  # whole batches at d = 768
+    assert ops.anchor_rows(2, 1024, 128) == 512  # by the products, as before
+    labels, x, mask = _stack(k=3, b=40, d=9, seed=5)
+    whole = BatchEvaluator([Distance.SNR], "cpu", per_anchor=True)(labels, x, mask)
+    monkeypatch.setattr(arrays, "_DIFFERENCE_VALUES", 3 * 2 * 9 * 7)  # 7 anchors
+    assert ops.anchor_rows(3, 40, 9) == 7
+    cut = BatchEvaluator([Distance.SNR], "cpu", per_anchor=True)(labels, x, mask)
+    for name, value in whole[Distance.SNR].items():
+        np.testing.assert_allclose(cut[Distance.SNR][name], value, rtol=1e-6)
+
+
 def test_parts_and_slices_change_nothing(monkeypatch):
     labels, x, mask = _stack(k=8, b=64, d=5, seed=3)
     whole = BatchEvaluator([Distance.EUCLIDEAN], "cpu")(labels, x, mask)
