@@ -57,7 +57,10 @@ def run() -> None:
     try:
         from distgap_cli.cli import main
     except KeyboardInterrupt as exc:
-        sys.exit(143 if type(exc).__name__ == "Terminated" else 130)
+        terminated = type(exc).__name__ == "Terminated"
+        said = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+        sys.stderr.write(said + "\n")
+        sys.exit(143 if terminated else 130)
     main()
 
 

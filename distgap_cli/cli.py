@@ -843,19 +843,18 @@ def inspect_command(
     with _reporting_errors():
         chosen = parse_selection(distance or [])
         from distgap_cli import inspection, report, sources
-        from distgap_cli.reading import Reader, ReadOptions
+        from distgap_cli.reading import Reader
 
         found = sources.discover(paths)
         try:
-            options = ReadOptions(
-                embedding_column=embedding_column,
-                label_column=label_column,
-                embedding_prefix=embedding_prefix,
-                labels=[str(p) for p in labels or []],
-                on_invalid="skip",
-                need_direction=any(d.needs_direction for d in chosen),
-                need_variance=any(d.needs_variance for d in chosen),
-                limit=limit,
+            options = _read_options(
+                chosen,
+                embedding_column,
+                label_column,
+                embedding_prefix,
+                labels,
+                "skip",  # invalid rows are counted, not fatal
+                limit,
             )
             reader = Reader(found, options)
             for note in [] if quiet else reader.ignored_options():
