@@ -298,12 +298,13 @@ def eval_command(
         ),
     ] = None,
     shuffle: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--shuffle/--no-shuffle",
-            help="Shorthand for --sampler shuffle.",
+            help="Shorthand for --sampler shuffle (--no-shuffle: sequential).",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     classes_per_batch: Annotated[
         int | None,
         typer.Option(
@@ -713,7 +714,7 @@ def _refuse_overwriting(found: list[Any], *targets: Path | None) -> None:
 
 def _check_exact_flags(
     sampler: Sampler | None,
-    shuffle: bool,
+    shuffle: bool | None,
     batch_size: int | None,
     classes_per_batch: int | None,
     per_batch: bool,
@@ -722,7 +723,7 @@ def _check_exact_flags(
     """Reject batch-mode flags in exact mode, where there are no batches."""
     given = {
         "--sampler": sampler is not None,
-        "--shuffle": shuffle,
+        "--shuffle": bool(shuffle),
         "--batch-size": batch_size is not None,
         "--classes-per-batch": classes_per_batch is not None,
         "--batches": batches is not None,
@@ -874,7 +875,7 @@ def inspect_command(
 
 def _sampling(
     sampler: Sampler | None,
-    shuffle: bool,
+    shuffle: bool | None,
     batch_size: int | None,
     classes_per_batch: int | None,
     examples_per_class: int | None,
@@ -883,6 +884,8 @@ def _sampling(
     """Check the batch-composition flags together; return the sampler and size."""
     if shuffle and sampler not in (None, Sampler.SHUFFLE):
         raise UsageError(f"--shuffle and --sampler {sampler} contradict each other")
+    if shuffle is False and sampler is Sampler.SHUFFLE:
+        raise UsageError("--no-shuffle and --sampler shuffle contradict each other")
     picked = sampler or (Sampler.SHUFFLE if shuffle else Sampler.SEQUENTIAL)
     balanced_only = {
         "--classes-per-batch": classes_per_batch,

@@ -142,6 +142,7 @@ def test_too_few_classes(cli):
         ),
         (["--classes-per-batch", "4"], "needs --sampler balanced"),
         (["--shuffle", "--sampler", "balanced"], "contradict"),
+        (["--no-shuffle", "--sampler", "shuffle"], "--no-shuffle and --sampler"),
     ],
 )
 def test_sampler_usage_errors(cli, args, message):
