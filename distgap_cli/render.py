@@ -287,7 +287,10 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for label, read in _rows(doc):
         cells = " | ".join(read(e) for e in doc["results"])
-        out.append(f"| {label} | {cells} |")
+        # Markdown drops a cell's leading spaces: mark the baseline's rows
+        # under their statistic another way.
+        shown = f"↳ {label.strip()}" if label.startswith(" ") else label
+        out.append(f"| {shown} | {cells} |")
     out.append("")
     out.extend(f"_{_md_escape(line)}_" for line in _caption(doc))
     if "per_file" in doc:

@@ -70,6 +70,13 @@ def test_baseline_gate_passes_and_fails(cli, saved):
     same = cli("eval", TRAINED, "--baseline", saved["trained"], "--max-drop", "0")
     assert same.exit_code == 0, same.stderr
     assert "baseline" in same.stdout and "change" in same.stdout
+    md = cli("eval", TRAINED, "--baseline", saved["trained"], "-f", "markdown")
+    lines = md.stdout.splitlines()
+    at = lines.index("| margin mean | 0.116054 |")
+    assert lines[at + 1 : at + 3] == [
+        "| ↳ baseline | 0.116054 |",
+        "| ↳ change | +0.000000 |",
+    ]
 
     worse = cli(
         "eval", PIXELS, "--baseline", saved["trained"], "--max-drop", "5%", "-f", "json"
