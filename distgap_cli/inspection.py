@@ -40,14 +40,13 @@ def estimate_seconds(
 ) -> float:
     """A rough wall-time estimate for ``distgap eval`` in batch mode on ``cores``
     CPU cores (one NumPy thread each)."""
-    fixed = _PER_ROW + _PER_VALUE * dim
-    per_row = 0.0
-    for distance in distances:
-        pairs = batch_size * dim
-        if distance is Distance.MANHATTAN:
-            per_row += fixed + _PER_DIFFERENCE * pairs
-        else:
-            per_row += fixed + _PER_PRODUCT_TERM * pairs
+    terms = batch_size * dim  # product terms, or absolute differences, a row
+    per_row = sum(
+        _PER_ROW
+        + _PER_VALUE * dim
+        + (_PER_DIFFERENCE if d is Distance.MANHATTAN else _PER_PRODUCT_TERM) * terms
+        for d in distances
+    )
     return _STARTUP_SECONDS + rows * per_row / max(cores, 1)
 
 
