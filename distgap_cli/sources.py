@@ -246,14 +246,15 @@ def discover(paths: list[str]) -> list[Source]:
     if paths.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
     sources: list[Source] = []
-    seen: dict[str, str] = {}  # each file's real path: the path given for it
+    seen: dict[tuple[int, int], str] = {}  # each file (device, inode): its path given
     try:
         for given in paths:
             if given == "-":
                 sources.append(_stdin_source())
                 continue
             for path, partition in _expand(given):
-                real = os.path.realpath(path)
+                found = os.stat(path)  # links, hard or symbolic, are one file
+                real = (found.st_dev, found.st_ino)
                 if real in seen:
                     through = (
                         ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -276,6 +277,9 @@ def test_a_file_given_twice_is_refused(cli, tmp_path):
     (tmp_path / "link.parquet").symlink_to(path)
     linked = cli("eval", path, tmp_path / "link.parquet")
     assert linked.exit_code == 2 and "given twice" in linked.stderr
+    os.link(path, tmp_path / "hard.parquet")
+    hard = cli("eval", path, tmp_path / "hard.parquet")
+    assert hard.exit_code == 2 and "given twice" in hard.stderr
 
 
 def test_stdin_spool_is_removed_when_its_copy_is_interrupted(
