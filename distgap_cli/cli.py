@@ -26,7 +26,7 @@ from rich.markup import escape
 from distgap_cli import __version__, render
 from distgap_cli.backend import parse_device
 from distgap_cli.distances import Distance, parse_selection
-from distgap_cli.errors import DistgapError, NoResultError, Terminated, UsageError
+from distgap_cli.errors import DistgapError, Terminated, UsageError
 
 app = typer.Typer(
     name="distgap",
@@ -623,12 +623,6 @@ def eval_command(
                     "max_drop": max_drop,
                     **report.compare(doc, previous, drop),
                 }
-                if drop is not None and not doc["baseline"]["comparisons"]:
-                    raise NoResultError(
-                        f"nothing to compare with the baseline {baseline}: it has "
-                        "no value for the statistics this run reports, so "
-                        "--max-drop would pass without checking anything"
-                    )
 
             if not quiet:
                 for warning in result.warnings:

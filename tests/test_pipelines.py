@@ -292,6 +292,17 @@ def test_baseline_that_is_not_a_report(cli, hardneg, tmp_path):
     assert out.stdout == ""
 
 
+def test_compare_reports_of_no_shared_distance_is_refused(cli, saved, tmp_path):
+    other = _edited(
+        saved["trained"],
+        tmp_path,
+        lambda doc: [e.update(distance="manhattan") for e in doc["results"]],
+    )
+    out = cli("compare", saved["trained"], other, "--max-drop", "0")
+    assert out.exit_code == 2 and out.stdout == ""
+    assert "share no distance" in out.stderr
+
+
 def test_compare_command(cli, saved):
     out = cli("compare", saved["pixels"], saved["trained"], "-f", "json")
     assert out.exit_code == 0
