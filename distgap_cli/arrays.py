@@ -23,12 +23,15 @@ import numpy as np
 # TensorFlow, and of the buffer NumPy takes its differences in.
 _TILE_ELEMENTS = 1 << 23
 _BUFFER_ELEMENTS = 1 << 18
-# Values in the core's [K, A, B] temporaries on NumPy (1M: 4 MB of float32, in
-# the L3 cache): a part of one batch is sliced from 1,025 rows on, a part of
-# several batches sooner (see NumpyOps.anchor_rows). Half as many made the
-# slices' products too thin: cosine, batch 1024, d 128, a million rows took
-# 3.0 s instead of 2.7 s on 2 cores.
-_ANCHOR_PAIRS = 1 << 20
+# Values in the core's [K, A, B] temporaries on NumPy (2M: 8 MB of float32, in
+# the L3 cache), as many as a CPU part holds, so that a part's batches are sliced
+# only where one batch is larger (from 1,449 rows) or its rows are long (see
+# NumpyOps.anchor_rows). Slices give up the symmetric product: at 1M, a part of
+# 32 batches of 256 x 128 went as two slices of 128 anchors, 13.2 ms a part on
+# one thread against 10.5 ms whole, and a million rows took 1.42 s against
+# 1.25 s on 2 cores; a quarter of 1M made slices too thin (batch 1024: 3.0 s
+# against 2.7 s).
+_ANCHOR_PAIRS = 1 << 21
 # Values in the anchors' differences to their picked partners (64 MB).
 _DIFFERENCE_VALUES = 1 << 24
 # Batches up to this many rows take their Gram matrix as a symmetric product.

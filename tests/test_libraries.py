@@ -90,7 +90,7 @@ def test_anchor_slices_bound_the_differences_at_a_high_dimension(monkeypatch):
     ops = arrays.NumpyOps()
     assert ops.anchor_rows(1, 64, 1_000_000) == 8  # 8 x 2 x 1M values: 64 MB
     assert ops.anchor_rows(10, 256, 768) >= 256  # whole batches at d = 768
-    assert ops.anchor_rows(2, 1024, 128) == 512  # by the products, as before
+    assert ops.anchor_rows(4, 1024, 128) == 512  # by the products: 2M values
     labels, x, mask = _stack(k=3, b=40, d=9, seed=5)
     whole = BatchEvaluator([Distance.SNR], "cpu", per_anchor=True)(labels, x, mask)
     monkeypatch.setattr(arrays, "_DIFFERENCE_VALUES", 3 * 2 * 9 * 7)  # 7 anchors
