@@ -248,7 +248,11 @@ def _measured(
     direct differences."""
     if not _needs_refinement(distance):
         return xp.take_last(ranking, picks)
-    return _direct(xp, distance, a[:, :, None, :], xp.differences(a, c, picks))
+
+    def measure(a: Any, c: Any, picks: Any) -> Any:
+        return _direct(xp, distance, a[:, :, None, :], xp.differences(a, c, picks))
+
+    return xp.in_slices(measure, a, c, picks)
 
 
 def _hardest_only(

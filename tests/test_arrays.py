@@ -143,3 +143,33 @@ def test_label_overlap_reads_ranges():
     assert xp.label_overlap(np.array([1, 2]), np.array([3, 4])) == "disjoint"
     assert xp.label_overlap(np.array([5, 5]), np.array([5])) == "same"
     assert xp.label_overlap(np.array([1, 3]), np.array([2, 2])) == "mixed"
+
+
+@pytest.mark.parametrize(
+    ("limit", "calls_wanted"),
+    # An anchor at a time; five anchors; three batches; everything at once.
+    [(1, 35), (40, 10), (200, 2), (1 << 30, 1)],
+)
+def test_in_slices_gives_the_whole_call_at_every_slicing(
+    monkeypatch, limit, calls_wanted
+):
+    monkeypatch.setattr(arrays, "_MEASURE_VALUES", limit)
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(5, 7, 4)).astype(np.float32)
+    c = rng.normal(size=(5, 9, 4)).astype(np.float32)
+    index = rng.integers(0, 9, (5, 7, 2))
+    calls = []
+
+    def measure(a, c, index):
+        calls.append(a.shape[0] * a.shape[1] * index.shape[-1] * a.shape[-1])
+        return xp.squared_norm(xp.differences(a, c, index))
+
+    got = xp.in_slices(measure, a, c, index)
+    want = np.sum(
+        (np.take_along_axis(c[:, None], index[..., None], 2) - a[:, :, None]) ** 2, -1
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got.shape == (5, 7, 2) and got.dtype == np.float32
+    # Every call but a single anchor's stays within the limit.
+    assert all(size <= max(limit, 2 * 4) for size in calls)
+    assert len(calls) == calls_wanted
