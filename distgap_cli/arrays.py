@@ -427,10 +427,15 @@ class NumpyOps:
         product, three times as fast as squaring and summing)."""
         return np.linalg.vecdot(x, x)
 
-    def l2_normalize(self, x: Any) -> Any:
-        """Rows scaled to unit length (TensorFlow's formula and floor)."""
+    def l2_normalize(self, x: Any, in_place: bool = False) -> Any:
+        """Rows scaled to unit length (TensorFlow's formula and floor); ``x``
+        itself is scaled where ``in_place``."""
         squared = self.squared_norm(x)[..., None]
-        return x / np.sqrt(np.maximum(squared, _NORM_EPSILON))
+        scale = np.sqrt(np.maximum(squared, _NORM_EPSILON))
+        if in_place:
+            x /= scale
+            return x
+        return x / scale
 
     def take_last(self, x: Any, index: Any) -> Any:
         """``x[k, a, index[k, a, j]]``: ``[K, A, C]`` at ``[K, A, m]``."""
@@ -643,7 +648,7 @@ class TensorFlowOps:
     def squared_norm(self, x: Any) -> Any:
         return self.tf.reduce_sum(self.tf.square(x), axis=-1)
 
-    def l2_normalize(self, x: Any) -> Any:
+    def l2_normalize(self, x: Any, in_place: bool = False) -> Any:
         return self.tf.math.l2_normalize(x, axis=-1, epsilon=_NORM_EPSILON)
 
     def take_last(self, x: Any, index: Any) -> Any:

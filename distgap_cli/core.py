@@ -144,10 +144,13 @@ def _needs_refinement(distance: Distance) -> bool:
     return distance not in (Distance.MANHATTAN, Distance.INNER_PRODUCT)
 
 
-def _prepared(xp: Any, distance: Distance, x: Any) -> Any:
+def _prepared(xp: Any, distance: Distance, x: Any, own: bool = False) -> Any:
     """The rows :func:`_scores` and :func:`_measured` take: unit rows for
-    cosine (normalised once here, not once per anchor slice), else ``x``."""
-    return xp.l2_normalize(x) if distance is Distance.COSINE else x
+    cosine (normalised once here, not once per anchor slice), else ``x``.
+    ``own``: ``x`` is the caller's temporary, which may be normalised in place."""
+    if distance is not Distance.COSINE:
+        return x
+    return xp.l2_normalize(x, in_place=own)
 
 
 def prepared_rows(distance: Distance, x: Any) -> Any:
@@ -267,10 +270,10 @@ def _hardest_only(
     batches), so that the ``[K, A, B]`` temporaries stay small.
     """
     b = xp.size(labels, 1)
-    x = _prepared(xp, distance, x)
     order, codes = xp.sort_by_label(labels)
     if order is not None:
         x, mask = xp.permute_rows(x, order), xp.permute_rows(mask, order)
+    x = _prepared(xp, distance, x, own=order is not None)  # permuted: a copy
     step = xp.anchor_rows(labels.shape[0], b, x.shape[-1])
     if step is None or step >= b:
         picks, values, has_pos, has_neg = _hardest_of(xp, distance, codes, x, mask)
