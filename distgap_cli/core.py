@@ -221,14 +221,49 @@ def _search(
     """
     if excluded is _EVERY:
         return xp.nothing(scores, fill)
+    scores = _filled(xp, scores, excluded, fill, own, in_place)
+    index = getattr(xp, pick)(scores)
+    return index, xp.take_last(scores, index[..., None])[..., 0]
+
+
+def _filled(
+    xp: Any,
+    scores: Any,
+    excluded: Any,
+    fill: float,
+    own: Callable[[Any, float], Any] | None,
+    in_place: bool,
+) -> Any:
+    """``scores`` with ``fill`` where ``excluded`` holds and, through ``own``,
+    at each anchor itself (see :func:`_search`)."""
     if excluded is not None or own is not None:
         scores = scores if in_place else xp.copy(scores)
     if excluded is not None:
         scores = xp.masked_fill(scores, excluded, fill)
     if own is not None:
         scores = own(scores, fill)
+    return scores
+
+
+def _search_both(
+    xp: Any,
+    scores: Any,
+    excluded: Any,
+    fill: float,
+    pick: str,
+    own: Callable[[Any, float], Any] | None = None,
+    in_place: bool = False,
+) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """:func:`_search` along the rows and down the columns of the same filled
+    scores: the picks of the rows' anchors among the columns, ``[K, A]``, and
+    of the columns' anchors among the rows, ``[K, C]``. Scores, exclusions and
+    fills must be symmetric (a pair is excluded as a pair, either way)."""
+    if excluded is _EVERY:
+        return xp.nothing(scores, fill), xp.nothing(xp.swap_last(scores), fill)
+    scores = _filled(xp, scores, excluded, fill, own, in_place)
     index = getattr(xp, pick)(scores)
-    return index, xp.take_last(scores, index[..., None])[..., 0]
+    along = index, xp.take_last(scores, index[..., None])[..., 0]
+    return along, xp.pick_columns(scores, pick)
 
 
 def _directions(sign: float) -> tuple[float, float, str, str]:
@@ -505,6 +540,22 @@ def cross_extremes(
             third = _search(xp, scores, not_pos, near_fill, nearest, itself)
         hardest_neg = _search(xp, scores, not_neg, near_fill, nearest, in_place=True)
         found = (hardest_pos, hardest_neg, third)
+    return _cross_stats(xp, distance, a, c, found, sign)
+
+
+def _cross_stats(
+    xp: Any,
+    distance: Distance,
+    a: Any,
+    c: Any,
+    found: tuple[tuple[Any, Any], ...],
+    sign: float,
+) -> CrossStats:
+    """The :class:`CrossStats` of anchors ``a`` among candidates ``c`` (both
+    :func:`_prepared`, ``[A, d]`` and ``[C, d]``) from the picks and scores of
+    the three searches (hardest positive, hardest negative, nearest of the
+    other kind), ``[1, A]`` each; the picked pairs are measured directly."""
+    far_fill, near_fill, _, _ = _directions(sign)
     picks = xp.stack([index for index, _ in found])
     has_pos = found[0][1] != far_fill
     has_neg = found[1][1] != near_fill
@@ -548,6 +599,110 @@ def _cross_listed(
     scores = xp.fill_pairs(scores, pairs, near_fill)
     hardest_neg = _search(xp, scores, None, near_fill, nearest)
     return hardest_pos, hardest_neg, third
+
+
+def _mutual_scores(xp: Any, distance: Distance, a: Any, c: Any) -> tuple[Any, float]:
+    """Like :func:`_scores` (``a`` and ``c`` :func:`_prepared`, ``[1, n, d]``),
+    but ordered like the distances down each column as well as along each
+    row: where :func:`_scores` leaves out each anchor's own constant term,
+    here both rows' terms are in (``-|a - c|^2 / 2`` for the Gram forms), at
+    one more pass over the scores."""
+    if distance not in (Distance.EUCLIDEAN, Distance.SQUARED_EUCLIDEAN, Distance.SNR):
+        return _scores(xp, distance, a, c, None)  # symmetric already
+    if distance is Distance.SNR:
+        a, c = _row_centred(xp, a), _row_centred(xp, c)
+    shift = xp.mean(c, axis=1, keepdims=True)
+    za, zc = a - shift, c - shift
+    scores = xp.matmul_t(za, zc, -0.5 * xp.squared_norm(zc)[:, None, :])
+    return xp.shift(scores, -0.5 * xp.squared_norm(za)[:, :, None]), -1.0
+
+
+def mutual_extremes(
+    distance: Distance,
+    a: Any,
+    a_labels: Any,
+    a_ids: Any,
+    c: Any,
+    c_labels: Any,
+    c_ids: Any,
+) -> tuple[CrossStats, CrossStats]:
+    """:func:`cross_extremes` both ways from one product: the anchors ``a``
+    among the candidates ``c``, and the anchors ``c`` among the candidates
+    ``a``. NumPy arrays only: :func:`prepared_rows`, all present (no mask),
+    labels sorted, as exact mode walks them.
+
+    Exact mode on NumPy calls this on each pair of tiles of the whole
+    dataset once, rather than :func:`cross_extremes` on both orders of the
+    pair: half the products, for one search down the columns of each matrix
+    it fills (see ``NumpyOps.pick_columns``).
+    """
+    xp = namespace(a)
+    scores, sign = _mutual_scores(xp, distance, a[None], c[None])
+    far_fill, near_fill, farthest, nearest = _directions(sign)
+    overlap = xp.label_overlap(a_labels, c_labels)
+    across = down = None
+    if overlap == "mixed":
+        across = xp.class_pairs(a_labels[None], c_labels[None], a_ids, c_ids)
+        down = xp.class_pairs(a_labels[None], c_labels[None], a_ids, c_ids, True)
+    if across is not None and down is not None:
+        found = _mutual_listed(xp, distance, scores, across, down, sign)
+    else:
+        if overlap == "disjoint":
+            not_pos, not_neg = _EVERY, None
+        elif overlap == "same":
+            not_pos, not_neg = None, _EVERY
+        else:
+            same = xp.equal(a_labels[:, None], c_labels[None, :])[None]
+            not_pos, not_neg = ~same, same
+
+        def itself(s: Any, fill: float) -> Any:
+            return xp.exclude_self(s, a_ids, c_ids, fill)
+
+        hardest_pos = _search_both(xp, scores, not_pos, far_fill, farthest, itself)
+        if distance.is_similarity:  # the nearest negative: the most similar one
+            third = _search_both(xp, scores, not_neg, far_fill, farthest)
+        else:  # the nearest positive
+            third = _search_both(xp, scores, not_pos, near_fill, nearest, itself)
+        hardest_neg = _search_both(
+            xp, scores, not_neg, near_fill, nearest, in_place=True
+        )
+        both = (hardest_pos, hardest_neg, third)
+        found = tuple(f[0] for f in both), tuple(f[1] for f in both)
+    return (
+        _cross_stats(xp, distance, a, c, found[0], sign),
+        _cross_stats(xp, distance, c, a, found[1], sign),
+    )
+
+
+def _mutual_listed(
+    xp: Any,
+    distance: Distance,
+    scores: Any,
+    across: Any,
+    down: Any,
+    sign: float,
+) -> tuple[tuple[tuple[Any, Any], ...], tuple[tuple[Any, Any], ...]]:
+    """:func:`mutual_extremes`' searches with the same-class pairs listed by
+    row (``across``) and by column (``down``): for the rows' anchors and for
+    the columns' anchors, the picks and scores of the hardest positive, the
+    hardest negative and the nearest of the other kind."""
+    far_fill, near_fill, farthest, nearest = _directions(sign)
+    columns = xp.swap_last(scores).shape[:-1]
+    pos = (
+        xp.pick_among(scores, across, far_fill, farthest),
+        xp.pick_among(scores, down, far_fill, farthest, columns),
+    )
+    if distance.is_similarity:  # the nearest negative: the most similar one
+        filled = xp.fill_pairs(xp.copy(scores), across, far_fill)
+        third = _search_both(xp, filled, None, far_fill, farthest)
+    else:  # the nearest positive
+        third = (
+            xp.pick_among(scores, across, near_fill, nearest),
+            xp.pick_among(scores, down, near_fill, nearest, columns),
+        )
+    scores = xp.fill_pairs(scores, across, near_fill)
+    neg = _search_both(xp, scores, None, near_fill, nearest)
+    return (pos[0], neg[0], third[0]), (pos[1], neg[1], third[1])
 
 
 def batch_stats(anchors: AnchorStats, mask: Any) -> BatchStats:

@@ -173,3 +173,51 @@ def test_in_slices_gives_the_whole_call_at_every_slicing(
     # Every call but a single anchor's stays within the limit.
     assert all(size <= max(limit, 2 * 4) for size in calls)
     assert len(calls) == calls_wanted
+
+
+@pytest.mark.parametrize("classes", [1, 3, 40])
+def test_class_pairs_down_list_each_candidates_pairs_in_the_same_layout(
+    monkeypatch, classes
+):
+    monkeypatch.setattr(arrays, "_PAIR_SHARE", 1.0)
+    rng = np.random.default_rng(classes)
+    a_labels = np.sort(rng.integers(0, classes, (3, 17)), axis=1)
+    c_labels = np.sort(rng.integers(0, classes, (3, 23)), axis=1)
+    a_ids, c_ids = np.arange(5, 22), np.arange(23)
+    down = xp.class_pairs(a_labels, c_labels, a_ids, c_ids, down=True)
+
+    # Positions in the [3, 17, 23] scores, grouped by candidate, anchors in order.
+    k_of, rest = np.divmod(down.flat, 17 * 23)
+    i_of, j_of = np.divmod(rest, 23)
+    got = list(zip(k_of.tolist(), i_of.tolist(), j_of.tolist(), strict=True))
+    assert set(got) == _pairs_by_loop(a_labels, c_labels) and len(got) == len(set(got))
+    np.testing.assert_array_equal(down.column, i_of)
+    assert np.all(np.diff(k_of * 23 + j_of) >= 0)
+    np.testing.assert_array_equal(down.sizes, np.bincount(k_of * 23 + j_of, None, 69))
+    np.testing.assert_array_equal(down.itself, a_ids[i_of] == c_ids[j_of])
+    # Searched down the columns, they pick as a masked search along axis -2.
+    scores = rng.normal(size=(3, 17, 23)).astype(np.float32)
+    index, best = xp.pick_among(scores, down, -np.inf, "argmax", (3, 23))
+    same = (a_labels[:, :, None] == c_labels[:, None, :]) & (
+        a_ids[:, None] != c_ids[None, :]
+    )
+    masked = np.where(same, scores, -np.inf)
+    found = same.any(axis=1)
+    np.testing.assert_array_equal(index[found], masked.argmax(axis=1)[found])
+    np.testing.assert_array_equal(best, np.where(found, masked.max(axis=1), -np.inf))
+
+
+@pytest.mark.parametrize("pick", ["argmax", "argmin"])
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 200])
+def test_pick_columns_is_a_search_along_axis_minus_two(pick, rows):
+    rng = np.random.default_rng(rows)
+    scores = rng.integers(0, 5, (2, rows, 37)).astype(np.float32)  # many ties
+    scores[1, rows // 2, 3] = np.nan  # the first NaN wins, as with np.argmax
+    scores[0, rows - 1, 5] = np.nan
+    index, best = xp.pick_columns(scores, pick)
+    want = getattr(np, pick)(scores, axis=-2)
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_array_equal(
+        best, np.take_along_axis(scores, want[:, None], 1)[:, 0]
+    )
+    assert index.dtype == np.int32 and index.shape == (2, 37)

@@ -435,3 +435,55 @@ def test_pair_lists_and_masks_both_match_double_loop(monkeypatch, name, share):
                 assert value == pytest.approx(
                     want["hardest_neg"][i], rel=2e-5, abs=1e-5
                 )
+
+
+@pytest.mark.parametrize("distance", list(Distance))
+@pytest.mark.parametrize(
+    "kind", ["dense classes", "sparse classes", "disjoint", "one class", "listed"]
+)
+def test_mutual_extremes_are_cross_extremes_both_ways(monkeypatch, distance, kind):
+    rng = np.random.default_rng(7)
+    a = (rng.normal(size=(70, 5)) + 3).astype(np.float32)
+    c = (rng.normal(size=(50, 5)) + 3).astype(np.float32)
+    labels = {
+        "dense classes": (rng.integers(0, 6, 70), rng.integers(0, 6, 50)),
+        "sparse classes": (rng.integers(0, 60, 70), rng.integers(0, 60, 50)),
+        "disjoint": (rng.integers(0, 5, 70), rng.integers(10, 15, 50)),
+        "one class": (np.full(70, 3), np.full(50, 3)),
+        "listed": (rng.integers(0, 6, 70), rng.integers(0, 6, 50)),
+    }[kind]
+    if kind == "listed":  # many pairs, searched through the lists anyway
+        monkeypatch.setattr(array_ops, "_PAIR_SHARE", 1.0)
+    a_labels, c_labels = np.sort(labels[0]), np.sort(labels[1])
+    a_ids, c_ids = np.arange(70), np.arange(70, 120)
+    across, down = core.mutual_extremes(
+        distance,
+        core.prepared_rows(distance, a),
+        a_labels,
+        a_ids,
+        core.prepared_rows(distance, c),
+        c_labels,
+        c_ids,
+    )
+    for got, want in (
+        (
+            across,
+            core.cross_extremes(
+                distance, a, a_labels, a_ids, c, c_labels, c_ids, np.ones(50, bool)
+            ),
+        ),
+        (
+            down,
+            core.cross_extremes(
+                distance, c, c_labels, c_ids, a, a_labels, a_ids, np.ones(70, bool)
+            ),
+        ),
+    ):
+        for name in want._fields:
+            np.testing.assert_allclose(
+                getattr(got, name),
+                getattr(want, name),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=name,
+            )
