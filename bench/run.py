@@ -13,6 +13,11 @@ Generates its own data (float32 embeddings, 1,000 classes) as Parquet
   threads, a fresh output each time); one NumPy call per batch on one thread;
   the stacks in compiled TensorFlow calls; one TensorFlow call per batch, as a
   training loop makes them. The bound is the fastest of the six;
+* exact mode (50,000 x 128) beside its products alone, made four ways: each
+  pair of square tiles once, as distgap makes them on the CPU when every row is
+  an anchor (one product gives both tiles' extremes); every anchor tile times
+  every candidate tile on one thread per core, and through distgap's runner;
+  the same tiles in compiled TensorFlow calls. The bound is the fastest;
 * a bare program (``bench/ceiling.py``): start, read the ``.npy``, normalise,
   the products and one search per row, nothing else, end to end. It shows what
   even a program with none of distgap's work pays beside the products;
@@ -339,6 +344,31 @@ def exact_products(rows: int, dim: int, repeat: int) -> float:
     return _on_every_core(work, repeat)
 
 
+def exact_pair_products(rows: int, dim: int, repeat: int) -> float:
+    """Seconds for the products exact mode needs on the CPU when every row is
+    an anchor: each pair of its square tiles once (a tile with itself and with
+    every later tile, the last tile as short as the data leaves it), the pairs
+    shared out over one thread per core."""
+    from distgap_cli.backend import worker_count
+    from distgap_cli.exact import mutual_rows
+
+    side = mutual_rows(dim, rows)
+    sizes = [min(side, rows - start) for start in range(0, rows, side)]
+    pairs = [(m, n) for i, m in enumerate(sizes) for n in sizes[i:]]
+    threads = worker_count()
+    rng = np.random.default_rng(2)
+    # Two tiles a thread: one tile times itself would be a symmetric product.
+    tiles = [rng.normal(size=(2, side, dim)).astype(np.float32) for _ in range(threads)]
+    outputs = [np.empty((side, side), np.float32) for _ in range(threads)]
+
+    def work(thread: int) -> None:
+        (a, c), out = tiles[thread], outputs[thread]
+        for m, n in pairs[thread::threads]:
+            np.matmul(a[:m], c[:n].T, out=out.reshape(-1)[: m * n].reshape(m, n))
+
+    return _on_every_core(work, repeat)
+
+
 def exact_numpy_matmul(rows: int, dim: int, repeat: int) -> float:
     """Seconds for exact mode's tile products as distgap makes them on the CPU."""
     from distgap_cli.backend import NumpyRunner
@@ -547,6 +577,8 @@ def exact_runs(args: argparse.Namespace, gpu: str | None) -> list[dict]:
     paths = make_data(args.exact_rows, 128)
     pairs = args.exact_rows**2
     bounds = {
+        "numpy_pairs_once": pairs
+        / exact_pair_products(args.exact_rows, 128, args.repeat),
         "numpy_products": pairs / exact_products(args.exact_rows, 128, args.repeat),
         "numpy_as_distgap": pairs
         / exact_numpy_matmul(args.exact_rows, 128, args.repeat),

@@ -142,7 +142,8 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _PART_VALUES = 1 << 21
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
+def pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads, one per core, that CPU work is split across."""
     global _POOL
     if _POOL is None:
         _POOL = concurrent.futures.ThreadPoolExecutor(
@@ -190,7 +191,7 @@ class NumpyRunner:
         pieces = [np.array_split(a, parts) for a in args[: self._split]]
         shared = args[self._split :]
         futures = [
-            _pool().submit(self._fn, *(p[i] for p in pieces), *shared)
+            pool().submit(self._fn, *(p[i] for p in pieces), *shared)
             for i in range(parts)
         ]
         outs = [f.result() for f in futures]

@@ -9,6 +9,8 @@ for all of them when the dataset is large.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -29,6 +31,11 @@ from distgap_cli.reading import Block
 ANCHOR_TILE = 1024
 CANDIDATE_TILE = 4096
 _TILE_VALUES = 1 << 22
+# Rows of the square tiles paired when every row is an anchor: about as many
+# pairs as an anchor tile against a candidate tile. Not 2,048: products whose
+# rows are a power of two long meet in the same cache sets, and 50,000 x 128
+# took 3.5 s at 2,048, 3.0 s at 2,000.
+MUTUAL_TILE = 2000
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
@@ -94,6 +101,17 @@ def tile_rows(dim: int, rows: int | None = None) -> tuple[int, int]:
     return anchor, candidate
 
 
+def mutual_rows(dim: int, rows: int | None = None) -> int:
+    """Rows of the square tiles :func:`anchor_tables` pairs when every row is
+    an anchor: ``MUTUAL_TILE``, fewer where a tile would hold more than
+    ``_TILE_VALUES`` values, never a multiple of 256 (see ``MUTUAL_TILE``),
+    and no more than the data holds."""
+    side = min(MUTUAL_TILE, max(_TILE_VALUES // max(dim, 1), 1))
+    if side > 256 and side % 256 == 0:
+        side -= 16
+    return side if rows is None else min(side, max(rows, 1))
+
+
 class ExactEvaluator:
     """One tile of anchors against one tile of candidates, every selected
     distance at once (``library`` as for the batch-mode evaluator).
@@ -145,9 +163,11 @@ class ExactEvaluator:
 
         self._run = runner(tile, device, 3, size, signature, library)
         self.device = self._run.device
-        if isinstance(self._run, NumpyRunner):
+        self.on_numpy = isinstance(self._run, NumpyRunner)
+        if self.on_numpy:
             a_tile, c_tile = tile_rows(dim, rows)
         self.anchor_tile, self.candidate_tile = a_tile, c_tile
+        self.mutual_tile = mutual_rows(dim, rows)
 
     def prepare(self, candidates: np.ndarray) -> list[np.ndarray]:
         """A candidate tile as each distance's core takes it, made once for
@@ -184,13 +204,15 @@ def anchor_tables(
     evaluator: ExactEvaluator,
     on_pairs: Callable[[int], None] | None = None,
 ) -> dict[Distance, AnchorTable]:
-    """Walk candidate tiles against anchor tiles; merge each anchor's extremes.
+    """Each anchor's extremes among the candidates, walked in tiles.
 
     ``anchors`` and ``candidates`` are positions in ``rows``. Indices returned are
     positions in ``rows`` as well. Both are walked in label order, so that a
     tile of anchors meets most tiles of candidates with no label in common (no
-    positive to search for) and the others in runs of one class; each
-    candidate tile is gathered and prepared once.
+    positive to search for) and the others in runs of one class. Where every
+    candidate is an anchor and the tiles run on NumPy, each pair of tiles is
+    taken once for both (:func:`_mutual_walk`); otherwise every anchor tile
+    meets every candidate tile (:func:`_tile_walk`).
     """
     by_label = np.argsort(rows.labels[anchors], kind="stable")
     anchors = anchors[by_label]
@@ -207,6 +229,28 @@ def anchor_tables(
         )
         for d in evaluator.distances
     }
+    if evaluator.on_numpy and np.array_equal(anchors, candidates):
+        _mutual_walk(rows, anchors, evaluator, tables, on_pairs)
+    else:
+        _tile_walk(rows, anchors, candidates, evaluator, tables, on_pairs)
+    back = np.empty(n, np.intp)  # from label order to the order given
+    back[by_label] = np.arange(n)
+    for table in tables.values():
+        for name, values in vars(table).items():
+            setattr(table, name, values[back])
+    return tables
+
+
+def _tile_walk(
+    rows: Rows,
+    anchors: np.ndarray,
+    candidates: np.ndarray,
+    evaluator: ExactEvaluator,
+    tables: dict[Distance, AnchorTable],
+    on_pairs: Callable[[int], None] | None,
+) -> None:
+    """Fill ``tables`` an anchor tile against a candidate tile at a time, each
+    candidate tile gathered and prepared once for every anchor tile."""
     a_tile, c_tile = evaluator.anchor_tile, evaluator.candidate_tile
     for c0 in range(0, len(candidates), c_tile):
         c_pos = candidates[c0 : c0 + c_tile]
@@ -215,7 +259,7 @@ def anchor_tables(
         c_ids = _padded(c_pos.astype(np.int64), c_tile, -2)
         c_mask = _padded(np.ones(len(c_pos), bool), c_tile, False)
         prepared = evaluator.prepare(c_x)
-        for a0 in range(0, n, a_tile):
+        for a0 in range(0, len(anchors), a_tile):
             a_pos = anchors[a0 : a0 + a_tile]
             a_x = _padded(np.asarray(rows.embeddings[a_pos], np.float32), a_tile)
             a_labels = _padded(rows.labels[a_pos], a_tile)
@@ -227,12 +271,86 @@ def anchor_tables(
                 _merge(distance, tables[distance], span, got, c_pos, len(a_pos))
             if on_pairs is not None:
                 on_pairs(len(a_pos) * len(c_pos))
-    back = np.empty(n, np.intp)  # from label order to the order given
-    back[by_label] = np.arange(n)
-    for table in tables.values():
-        for name, values in vars(table).items():
-            setattr(table, name, values[back])
-    return tables
+
+
+def _mutual_walk(
+    rows: Rows,
+    order: np.ndarray,
+    evaluator: ExactEvaluator,
+    tables: dict[Distance, AnchorTable],
+    on_pairs: Callable[[int], None] | None,
+) -> None:
+    """Fill ``tables`` (anchors ``order``, which are every candidate too) a
+    pair of square tiles at a time: a tile with itself, and each tile with
+    every later one through :func:`core.mutual_extremes`, whose one product
+    gives both tiles' extremes among each other. The pairs run on one thread
+    per core, a pair a thread, and are merged in the order of a walk along
+    the rows (each anchor meets its candidates' tiles in order, so ties go
+    to the same candidates as in :func:`_tile_walk`)."""
+    from distgap_cli.backend import pool, worker_count
+
+    side = evaluator.mutual_tile
+    starts = range(0, len(order), side)
+    pairs = [(i, j) for i in starts for j in starts if j >= i]
+
+    def tile(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        positions = order[start : start + side]
+        x = np.asarray(rows.embeddings[positions], np.float32)
+        return positions, x, rows.labels[positions]
+
+    def both(i: int, j: int) -> tuple[int, int, np.ndarray, np.ndarray, Any]:
+        a_pos, a_x, a_labels = tile(i)
+        c_pos, c_x, c_labels = (a_pos, a_x, a_labels) if i == j else tile(j)
+        ids_a, ids_c = a_pos.astype(np.int64), c_pos.astype(np.int64)
+        out: dict[Distance, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for d in evaluator.distances:
+                prepared_c = core.prepared_rows(d, c_x)
+                if i == j:
+                    everyone = np.ones(len(c_pos), bool)
+                    alone = core.cross_extremes(
+                        d,
+                        a_x,
+                        a_labels,
+                        ids_a,
+                        c_x,
+                        c_labels,
+                        ids_c,
+                        everyone,
+                        prepared=prepared_c,
+                    )
+                    out[d] = (alone._asdict(), None)
+                else:
+                    prepared_a = core.prepared_rows(d, a_x)
+                    across, down = core.mutual_extremes(
+                        d, prepared_a, a_labels, ids_a, prepared_c, c_labels, ids_c
+                    )
+                    out[d] = (across._asdict(), down._asdict())
+        return i, j, a_pos, c_pos, out
+
+    def merge(done: tuple[int, int, np.ndarray, np.ndarray, Any]) -> None:
+        i, j, a_pos, c_pos, out = done
+        for distance, (across, down) in out.items():
+            table = tables[distance]
+            span = slice(i, i + len(a_pos))
+            _merge(distance, table, span, across, c_pos, len(a_pos))
+            if down is not None:
+                span = slice(j, j + len(c_pos))
+                _merge(distance, table, span, down, a_pos, len(c_pos))
+        if on_pairs is not None:
+            on_pairs(len(a_pos) * len(c_pos) * (1 if i == j else 2))
+
+    running: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
+    try:
+        for i, j in pairs:
+            running.append(pool().submit(both, i, j))
+            while len(running) > worker_count():
+                merge(running.popleft().result())
+        while running:
+            merge(running.popleft().result())
+    finally:
+        for future in running:
+            future.cancel()
 
 
 def _merge(

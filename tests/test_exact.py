@@ -70,6 +70,7 @@ def test_exact_matches_brute_force(cli, blobs, monkeypatch, name, limit):
     if limit == "rows":
         monkeypatch.setattr(exact, "ANCHOR_TILE", 16)
         monkeypatch.setattr(exact, "CANDIDATE_TILE", 32)
+        monkeypatch.setattr(exact, "MUTUAL_TILE", 22)
     else:
         monkeypatch.setattr(exact, "_TILE_VALUES", 60)
     rows = path.parent / "rows.parquet"
@@ -109,6 +110,11 @@ def test_tiles_shrink_with_the_dimension_and_the_data():
     for dim in (1, 127, 4097, 65_536, 200_000):
         a, c = exact.tile_rows(dim)
         assert max(a, c) * dim <= max(exact._TILE_VALUES, dim)
+        assert exact.mutual_rows(dim) * dim <= max(exact._TILE_VALUES, dim)
+    # Square tiles for every row an anchor: never a row of 2^k values.
+    assert exact.mutual_rows(128) == exact.MUTUAL_TILE
+    assert exact.mutual_rows(4096) == 1008
+    assert exact.mutual_rows(128, rows=90) == 90
 
 
 def test_one_batch_covering_everything_agrees_with_exact(cli, blobs):
@@ -273,3 +279,32 @@ def test_sample_data_exact_figures(cli):
     assert result["anchors"] == 1797
     assert result["precision_at_1"] == 1.0
     assert 0 < result["violation_rate"] < 0.1
+
+
+@pytest.mark.parametrize("side", [7, 16, 90])
+def test_each_pair_of_tiles_once_gives_what_both_orders_give(monkeypatch, side):
+    """When every row is an anchor, exact mode on NumPy walks each pair of
+    square tiles once and takes both tiles' extremes from one product; the
+    tables must be those of the walk over every anchor tile and candidate
+    tile, to the last tie."""
+    rng = np.random.default_rng(side)
+    y = np.concatenate([rng.integers(0, 4, 40), rng.integers(4, 40, 50)])
+    x = rng.normal(size=(90, 5)).astype(np.float32) + 10
+    x[3] = x[50]  # a duplicate pair: ties between rows
+    rows = exact.Rows(x, y, np.arange(90), np.zeros(90, np.int32))
+    everyone = np.arange(90)
+    monkeypatch.setattr(exact, "ANCHOR_TILE", side)
+    monkeypatch.setattr(exact, "CANDIDATE_TILE", side)
+    monkeypatch.setattr(exact, "MUTUAL_TILE", side)
+    distances = list(Distance)
+    evaluator = exact.ExactEvaluator(distances, "cpu", 5, rows=90)
+    assert evaluator.on_numpy and evaluator.mutual_tile == side
+    pairs = []
+    both = exact.anchor_tables(rows, everyone, everyone, evaluator, pairs.append)
+    assert sum(pairs) == 90 * 90
+    evaluator.on_numpy = False  # the walk over anchor and candidate tiles
+    walked = exact.anchor_tables(rows, everyone, everyone, evaluator)
+    for distance in distances:
+        for name, value in vars(walked[distance]).items():
+            got = getattr(both[distance], name)
+            np.testing.assert_array_equal(got, value, err_msg=f"{distance} {name}")
