@@ -24,13 +24,14 @@ SCHEMA = "distgap.inspect/1"
 # start-up (a GPU adds TensorFlow's import, seconds), and core-seconds per row
 # of one distance: a fixed part, a part per value of the row, and a part per
 # Gram product term (batch size x dimension). Cosine, end to end: 1M x 128 at
-# batch 256 1.4-1.8 s, at batch 1024 2.7-3.0 s; 100k x 768 at batch 256 0.9 s.
+# batch 256 1.15-1.4 s, at batch 1024 2.6-2.9 s; 100k x 768 at batch 256
+# 0.6 s; a 4-row input 0.25-0.3 s.
 # manhattan has no product to lean on: it costs a part per absolute difference
 # (batch size x dimension) instead, 0.65-0.72 ns of a core each (1M x 128 at
 # batch 256: 23.6 CPU seconds, at 1024: 90; 100k x 768 at 256: 12.7).
-_STARTUP_SECONDS = 0.4
-_PER_ROW = 0.7e-6
-_PER_VALUE = 6e-9
+_STARTUP_SECONDS = 0.25
+_PER_ROW = 0.8e-6
+_PER_VALUE = 0.5e-9
 _PER_PRODUCT_TERM = 3e-11
 _PER_DIFFERENCE = 0.7e-9
 
