@@ -503,6 +503,16 @@ class NumpyOps:
         product, three times as fast as squaring and summing)."""
         return np.linalg.vecdot(x, x)
 
+    def dot_last(self, x: Any, y: Any) -> Any:
+        """Dot products along the last axis (broadcasting the others)."""
+        return np.linalg.vecdot(x, y)
+
+    def partners(self, c: Any, index: Any) -> Any:
+        """``c[k, index[k, i, j]]``, ``[K, A, m, d]``, for ``c`` ``[K, C, d]``."""
+        k, n_c, d = c.shape
+        flat = index.astype(np.intp) + np.arange(0, k * n_c, n_c)[:, None, None]
+        return np.take(c.reshape(k * n_c, d), flat, axis=0)
+
     def l2_normalize(self, x: Any, in_place: bool = False) -> Any:
         """Rows scaled to unit length (TensorFlow's formula and floor); ``x``
         itself is scaled where ``in_place``."""
@@ -725,6 +735,12 @@ class TensorFlowOps:
 
     def squared_norm(self, x: Any) -> Any:
         return self.tf.reduce_sum(self.tf.square(x), axis=-1)
+
+    def dot_last(self, x: Any, y: Any) -> Any:
+        return self.tf.reduce_sum(x * y, axis=-1)
+
+    def partners(self, c: Any, index: Any) -> Any:
+        return self.tf.gather(c, index, batch_dims=1)
 
     def l2_normalize(self, x: Any, in_place: bool = False) -> Any:
         return self.tf.math.l2_normalize(x, axis=-1, epsilon=_NORM_EPSILON)

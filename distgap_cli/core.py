@@ -543,6 +543,16 @@ def cross_extremes(
     return _cross_stats(xp, distance, a, c, found, sign)
 
 
+def _dot_partners(xp: Any) -> Callable[[Any, Any, Any], Any]:
+    """Inner products of anchors ``[K, A, d]`` with their picked partners of
+    ``c`` ``[K, C, d]`` at ``[K, A, m]``, one dot product a pair."""
+
+    def dot(a: Any, c: Any, picks: Any) -> Any:
+        return xp.dot_last(a[:, :, None, :], xp.partners(c, picks))
+
+    return dot
+
+
 def _cross_stats(
     xp: Any,
     distance: Distance,
@@ -561,6 +571,11 @@ def _cross_stats(
     has_neg = found[1][1] != near_fill
     if _needs_refinement(distance):
         values = _measured(xp, distance, a[None], c[None], picks, None)[0]
+    elif distance is Distance.INNER_PRODUCT:
+        # Tiles' products of other shapes round differently: the picks' are
+        # taken again, the same way for every pair, so that identical rows
+        # (duplicates under two labels) tie exactly.
+        values = xp.in_slices(_dot_partners(xp), a[None], c[None], picks)[0]
     else:  # the scores are the distances themselves
         values = xp.stack([score for _, score in found])[0]
     has_pos, has_neg, picks = has_pos[0], has_neg[0], picks[0]

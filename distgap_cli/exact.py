@@ -289,12 +289,15 @@ def _mutual_walk(
     to the same candidates as in :func:`_tile_walk`)."""
     from distgap_cli.backend import pool, worker_count
 
-    side = evaluator.mutual_tile
-    starts = range(0, len(order), side)
-    pairs = [(i, j) for i in starts for j in starts if j >= i]
+    # Tiles of equal rows, give or take one: a short last tile (of one row, a
+    # matrix-vector product) rounds its products otherwise, and inner_product,
+    # whose products are its values, then told identical rows apart.
+    count = -(-len(order) // evaluator.mutual_tile)
+    bounds = [len(order) * k // count for k in range(count + 1)]
+    pairs = [(i, j) for i in range(count) for j in range(i, count)]
 
-    def tile(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        positions = order[start : start + side]
+    def tile(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        positions = order[bounds[k] : bounds[k + 1]]
         x = np.asarray(rows.embeddings[positions], np.float32)
         return positions, x, rows.labels[positions]
 
@@ -332,10 +335,10 @@ def _mutual_walk(
         i, j, a_pos, c_pos, out = done
         for distance, (across, down) in out.items():
             table = tables[distance]
-            span = slice(i, i + len(a_pos))
+            span = slice(bounds[i], bounds[i + 1])
             _merge(distance, table, span, across, c_pos, len(a_pos))
             if down is not None:
-                span = slice(j, j + len(c_pos))
+                span = slice(bounds[j], bounds[j + 1])
                 _merge(distance, table, span, down, a_pos, len(c_pos))
         if on_pairs is not None:
             on_pairs(len(a_pos) * len(c_pos) * (1 if i == j else 2))

@@ -308,3 +308,29 @@ def test_each_pair_of_tiles_once_gives_what_both_orders_give(monkeypatch, side):
         for name, value in vars(walked[distance]).items():
             got = getattr(both[distance], name)
             np.testing.assert_array_equal(got, value, err_msg=f"{distance} {name}")
+
+
+@pytest.mark.parametrize(("n", "side"), [(41, 20), (2001, 2000)])
+def test_duplicates_under_two_labels_tie_exactly_in_inner_product(monkeypatch, n, side):
+    """inner_product's values are its products; tiles of other shapes round
+    them differently (a last tile of one row is a matrix-vector product), so
+    they are taken again, the same way for every pair: a row whose duplicate
+    sits under another label ties, and a tie is not a hit."""
+    monkeypatch.setattr(exact, "MUTUAL_TILE", side)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(n, 64)) + 0.5).astype(np.float32)
+    y = np.r_[np.zeros(n // 2, np.int64), np.ones(n - n // 2, np.int64)]
+    x[[0, 1, n - 1]] = x[0]  # rows 0 and 1 of class 0, row n - 1 of class 1
+    rows = exact.Rows(x, y, np.arange(n), np.zeros(n, np.int32))
+    everyone = np.arange(n)
+    evaluator = exact.ExactEvaluator([Distance.INNER_PRODUCT], "cpu", 64, rows=n)
+    both = exact.anchor_tables(rows, everyone, everyone, evaluator)
+    table = both[Distance.INNER_PRODUCT]
+    hit = exact.view(Distance.INNER_PRODUCT, table).hit
+    assert table.nearest_pos[0] == table.nearest_neg[0]
+    assert table.nearest_pos[0] == pytest.approx(float(x[0] @ x[0]), rel=1e-6)
+    assert not hit[0] and not hit[1] and not hit[n - 1]
+    evaluator.on_numpy = False
+    walked = exact.anchor_tables(rows, everyone, everyone, evaluator)
+    for name, value in vars(walked[Distance.INNER_PRODUCT]).items():
+        np.testing.assert_array_equal(getattr(table, name), value, err_msg=name)
