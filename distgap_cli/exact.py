@@ -36,6 +36,8 @@ _TILE_VALUES = 1 << 22
 # rows are a power of two long meet in the same cache sets, and 50,000 x 128
 # took 3.5 s at 2,048, 3.0 s at 2,000.
 MUTUAL_TILE = 2000
+# Bytes of tiles gathered and prepared once for every pair they are in (256 MB).
+_KEPT_BYTES = 1 << 28
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
@@ -273,6 +275,10 @@ def _tile_walk(
                 on_pairs(len(a_pos) * len(c_pos))
 
 
+# A tile's rows, labels and the rows prepared for each distance.
+Tile = tuple[np.ndarray, np.ndarray, np.ndarray, dict[Distance, np.ndarray]]
+
+
 def _mutual_walk(
     rows: Rows,
     order: np.ndarray,
@@ -295,20 +301,31 @@ def _mutual_walk(
     count = -(-len(order) // evaluator.mutual_tile)
     bounds = [len(order) * k // count for k in range(count + 1)]
     pairs = [(i, j) for i in range(count) for j in range(i, count)]
+    distances = evaluator.distances
 
-    def tile(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def tile(k: int) -> Tile:
         positions = order[bounds[k] : bounds[k + 1]]
         x = np.asarray(rows.embeddings[positions], np.float32)
-        return positions, x, rows.labels[positions]
+        prepared = {d: core.prepared_rows(d, x) for d in distances}
+        return positions, x, rows.labels[positions], prepared
+
+    # Each tile meets every other: gathered and prepared once where the copies
+    # fit _KEPT_BYTES, else again for each pair.
+    kept = {}
+    copies = len(order) * rows.embeddings.shape[1] * 4 * (1 + len(distances))
+    if copies <= _KEPT_BYTES:
+        kept = {k: tile(k) for k in range(count)}
 
     def both(i: int, j: int) -> tuple[int, int, np.ndarray, np.ndarray, Any]:
-        a_pos, a_x, a_labels = tile(i)
-        c_pos, c_x, c_labels = (a_pos, a_x, a_labels) if i == j else tile(j)
+        a_pos, a_x, a_labels, a_ready = kept.get(i) or tile(i)
+        c_pos, c_x, c_labels, c_ready = (
+            (a_pos, a_x, a_labels, a_ready) if i == j else kept.get(j) or tile(j)
+        )
         ids_a, ids_c = a_pos.astype(np.int64), c_pos.astype(np.int64)
         out: dict[Distance, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for d in evaluator.distances:
-                prepared_c = core.prepared_rows(d, c_x)
+            for d in distances:
+                prepared_c = c_ready[d]
                 if i == j:
                     everyone = np.ones(len(c_pos), bool)
                     alone = core.cross_extremes(
@@ -324,9 +341,8 @@ def _mutual_walk(
                     )
                     out[d] = (alone._asdict(), None)
                 else:
-                    prepared_a = core.prepared_rows(d, a_x)
                     across, down = core.mutual_extremes(
-                        d, prepared_a, a_labels, ids_a, prepared_c, c_labels, ids_c
+                        d, a_ready[d], a_labels, ids_a, prepared_c, c_labels, ids_c
                     )
                     out[d] = (across._asdict(), down._asdict())
         return i, j, a_pos, c_pos, out

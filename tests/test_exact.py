@@ -281,8 +281,9 @@ def test_sample_data_exact_figures(cli):
     assert 0 < result["violation_rate"] < 0.1
 
 
+@pytest.mark.parametrize("kept", [0, 1 << 28])  # tiles prepared for each pair, once
 @pytest.mark.parametrize("side", [7, 16, 90])
-def test_each_pair_of_tiles_once_gives_what_both_orders_give(monkeypatch, side):
+def test_each_pair_of_tiles_once_gives_what_both_orders_give(monkeypatch, side, kept):
     """When every row is an anchor, exact mode on NumPy walks each pair of
     square tiles once and takes both tiles' extremes from one product; the
     tables must be those of the walk over every anchor tile and candidate
@@ -296,6 +297,7 @@ def test_each_pair_of_tiles_once_gives_what_both_orders_give(monkeypatch, side):
     monkeypatch.setattr(exact, "ANCHOR_TILE", side)
     monkeypatch.setattr(exact, "CANDIDATE_TILE", side)
     monkeypatch.setattr(exact, "MUTUAL_TILE", side)
+    monkeypatch.setattr(exact, "_KEPT_BYTES", kept)
     distances = list(Distance)
     evaluator = exact.ExactEvaluator(distances, "cpu", 5, rows=90)
     assert evaluator.on_numpy and evaluator.mutual_tile == side
