@@ -507,7 +507,6 @@ def cross_extremes(
     a = _prepared(xp, distance, xp.float32(a))
     c = prepared_rows(distance, c) if prepared is None else prepared
     scores, sign = _scores(xp, distance, a[None], c[None], c_mask[None])
-    far_fill, near_fill, farthest, nearest = _directions(sign)
 
     # Which candidates are positives and negatives. Where the namespace can
     # tell from the labels' ranges that a tile holds one kind only (NumPy, on
@@ -522,25 +521,54 @@ def cross_extremes(
     if pairs is not None:
         found = _cross_listed(xp, distance, scores, pairs, sign)
     else:
-        if overlap == "disjoint":
-            not_pos, not_neg = _EVERY, absent
-        elif overlap == "same":
-            not_pos, not_neg = absent, _EVERY
-        else:
-            same = xp.equal(a_labels[:, None], c_labels[None, :])[None]
-            not_pos, not_neg = _either(~same, absent), _either(same, absent)
-
-        def itself(s: Any, fill: float) -> Any:
-            return xp.exclude_self(s, a_ids, c_ids, fill)
-
-        hardest_pos = _search(xp, scores, not_pos, far_fill, farthest, itself)
-        if distance.is_similarity:  # the nearest negative: the most similar one
-            third = _search(xp, scores, not_neg, far_fill, farthest)
-        else:  # the nearest positive
-            third = _search(xp, scores, not_pos, near_fill, nearest, itself)
-        hardest_neg = _search(xp, scores, not_neg, near_fill, nearest, in_place=True)
-        found = (hardest_pos, hardest_neg, third)
+        found = _masked_searches(
+            xp,
+            distance,
+            scores,
+            sign,
+            overlap,
+            (a_labels, c_labels, a_ids, c_ids),
+            absent,
+            _search,
+        )
     return _cross_stats(xp, distance, a, c, found, sign)
+
+
+def _masked_searches(
+    xp: Any,
+    distance: Distance,
+    scores: Any,
+    sign: float,
+    overlap: str,
+    rows: tuple[Any, Any, Any, Any],
+    absent: Any,
+    search: Callable[..., Any],
+) -> tuple[Any, Any, Any]:
+    """The three searches of :func:`cross_extremes` through masks (hardest
+    positive, hardest negative, nearest of the other kind), each made by
+    ``search`` (:func:`_search`, or :func:`_search_both` for both ways).
+    ``rows`` are the anchors' and candidates' labels and ids; ``overlap`` is how
+    their labels relate; ``absent`` masks out candidates (None for none)."""
+    a_labels, c_labels, a_ids, c_ids = rows
+    far_fill, near_fill, farthest, nearest = _directions(sign)
+    if overlap == "disjoint":
+        not_pos, not_neg = _EVERY, absent
+    elif overlap == "same":
+        not_pos, not_neg = absent, _EVERY
+    else:
+        same = xp.equal(a_labels[:, None], c_labels[None, :])[None]
+        not_pos, not_neg = _either(~same, absent), _either(same, absent)
+
+    def itself(s: Any, fill: float) -> Any:
+        return xp.exclude_self(s, a_ids, c_ids, fill)
+
+    hardest_pos = search(xp, scores, not_pos, far_fill, farthest, itself)
+    if distance.is_similarity:  # the nearest negative: the most similar one
+        third = search(xp, scores, not_neg, far_fill, farthest)
+    else:  # the nearest positive
+        third = search(xp, scores, not_pos, near_fill, nearest, itself)
+    hardest_neg = search(xp, scores, not_neg, near_fill, nearest, in_place=True)
+    return hardest_pos, hardest_neg, third
 
 
 def _dot_partners(xp: Any) -> Callable[[Any, Any, Any], Any]:
@@ -653,7 +681,6 @@ def mutual_extremes(
     """
     xp = namespace(a)
     scores, sign = _mutual_scores(xp, distance, a[None], c[None])
-    far_fill, near_fill, farthest, nearest = _directions(sign)
     overlap = xp.label_overlap(a_labels, c_labels)
     across = down = None
     if overlap == "mixed":
@@ -662,26 +689,16 @@ def mutual_extremes(
     if across is not None and down is not None:
         found = _mutual_listed(xp, distance, scores, across, down, sign)
     else:
-        if overlap == "disjoint":
-            not_pos, not_neg = _EVERY, None
-        elif overlap == "same":
-            not_pos, not_neg = None, _EVERY
-        else:
-            same = xp.equal(a_labels[:, None], c_labels[None, :])[None]
-            not_pos, not_neg = ~same, same
-
-        def itself(s: Any, fill: float) -> Any:
-            return xp.exclude_self(s, a_ids, c_ids, fill)
-
-        hardest_pos = _search_both(xp, scores, not_pos, far_fill, farthest, itself)
-        if distance.is_similarity:  # the nearest negative: the most similar one
-            third = _search_both(xp, scores, not_neg, far_fill, farthest)
-        else:  # the nearest positive
-            third = _search_both(xp, scores, not_pos, near_fill, nearest, itself)
-        hardest_neg = _search_both(
-            xp, scores, not_neg, near_fill, nearest, in_place=True
+        both = _masked_searches(
+            xp,
+            distance,
+            scores,
+            sign,
+            overlap,
+            (a_labels, c_labels, a_ids, c_ids),
+            None,
+            _search_both,
         )
-        both = (hardest_pos, hardest_neg, third)
         found = tuple(f[0] for f in both), tuple(f[1] for f in both)
     return (
         _cross_stats(xp, distance, a, c, found[0], sign),
