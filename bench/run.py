@@ -347,13 +347,14 @@ def exact_products(rows: int, dim: int, repeat: int) -> float:
 def exact_pair_products(rows: int, dim: int, repeat: int) -> float:
     """Seconds for the products exact mode needs on the CPU when every row is
     an anchor: each pair of its square tiles once (a tile with itself and with
-    every later tile, the last tile as short as the data leaves it), the pairs
-    shared out over one thread per core."""
+    every later tile, tiles of equal rows give or take one, as distgap cuts
+    them), the pairs shared out over one thread per core."""
     from distgap_cli.backend import worker_count
     from distgap_cli.exact import mutual_rows
 
     side = mutual_rows(dim, rows)
-    sizes = [min(side, rows - start) for start in range(0, rows, side)]
+    count = -(-rows // side)
+    sizes = [rows * (k + 1) // count - rows * k // count for k in range(count)]
     pairs = [(m, n) for i, m in enumerate(sizes) for n in sizes[i:]]
     threads = worker_count()
     rng = np.random.default_rng(2)

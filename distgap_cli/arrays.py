@@ -296,7 +296,7 @@ class NumpyOps:
         :meth:`class_pairs` lists them; index 0 and ``fill`` where there is
         none. Ties go to the first candidate, as with ``np.argmax``. ``shape``
         is the picks' (``scores.shape[:-1]`` by default; ``[K, C]`` for pairs
-        listed down the columns by :meth:`transposed_pairs`)."""
+        listed down the columns, :meth:`class_pairs` with ``down``)."""
         shape = scores.shape[:-1] if shape is None else shape
         index = np.zeros(shape, np.int32)
         best = np.full(shape, fill, scores.dtype)
@@ -446,8 +446,9 @@ class NumpyOps:
         """``fn(a, c, index)`` ``[K, A, m]`` for anchors ``a`` ``[K, A, d]``,
         candidates ``c`` ``[K, C, d]`` and picks ``index`` ``[K, A, m]``, called
         on a few batches at a time (or a few anchors, where one batch is too
-        many) so that the ``[K, A, m, d]`` differences ``fn`` takes stay near
-        the cache: at most ``_MEASURE_VALUES`` values. Small inputs go whole.
+        many) so that the ``[K, A, m, d]`` partners (or differences) ``fn``
+        gathers stay near the cache: at most ``_MEASURE_VALUES`` values. Small
+        inputs go whole.
         """
         k, n, d = a.shape
         m = index.shape[-1]

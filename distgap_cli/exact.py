@@ -275,7 +275,8 @@ def _tile_walk(
                 on_pairs(len(a_pos) * len(c_pos))
 
 
-# A tile's rows, labels and the rows prepared for each distance.
+# A tile's positions in the rows, its rows, their labels, and its rows as each
+# distance's core takes them.
 Tile = tuple[np.ndarray, np.ndarray, np.ndarray, dict[Distance, np.ndarray]]
 
 
@@ -295,9 +296,9 @@ def _mutual_walk(
     to the same candidates as in :func:`_tile_walk`)."""
     from distgap_cli.backend import pool, worker_count
 
-    # Tiles of equal rows, give or take one: a short last tile (of one row, a
-    # matrix-vector product) rounds its products otherwise, and inner_product,
-    # whose products are its values, then told identical rows apart.
+    # Tiles of equal rows, give or take one: a last tile of one row would be a
+    # matrix-vector product, which rounds otherwise than the others, so that
+    # duplicate candidates could differ in score and break the tie rule.
     count = -(-len(order) // evaluator.mutual_tile)
     bounds = [len(order) * k // count for k in range(count + 1)]
     pairs = [(i, j) for i in range(count) for j in range(i, count)]
