@@ -292,8 +292,11 @@ def test_tensorflow_path_matches_numpy_through_the_command(cli, mode, monkeypatc
     # A GPU run is the core on TensorFlow; on the CPU the command uses NumPy.
     # Forcing TensorFlow on the CPU checks the GPU's code path end to end on
     # every machine, to the tolerance the README gives for --device gpu.
-    from distgap_cli import backend, engine
+    from distgap_cli import backend, engine, exact
 
+    # NumPy's exact mode in pairs of tiles (1,797 rows: four tiles), TensorFlow's
+    # in anchor tiles by candidate tiles.
+    monkeypatch.setattr(exact, "MUTUAL_TILE", 450)
     args = ("eval", PIXELS, "-d", "all", "-f", "json", "--mode", mode)
     on_numpy = as_json(cli(*args, "--device", "cpu"))
     runner = backend.runner
