@@ -462,6 +462,10 @@ def evaluate(
                 on_rows(len(block.labels))
             yield block
 
+    if settings.sampler == "sequential":  # stacks as views of the blocks read
+        batch = settings.batch_size
+        cores = worker_count()
+        reader.takes = lambda dim: stack_size(batch, dim, cores) * batch
     blocks = tracked(reader.blocks())
     spill = None
     warnings: list[str] = []

