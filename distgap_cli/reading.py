@@ -358,12 +358,12 @@ class Reader:
                 )
                 columns = self._columns_for(parquet.schema_arrow, source)
                 wanted = [c for c in columns if c in parquet.schema_arrow.names]
+                guess = _parquet_dim(parquet, columns[:-1])
                 with open(source.path, "rb") as hints:
                     for group in range(parquet.num_row_groups):
                         _read_ahead(hints.fileno(), parquet.metadata, group + 1)
-                        # The dimension is known from the first block on.
                         yield from parquet.iter_batches(
-                            batch_size=self.block_rows(self.dim),
+                            batch_size=self.block_rows(self.dim or guess),
                             columns=wanted,
                             row_groups=[group],
                         )
@@ -1243,6 +1243,31 @@ def map_npy(
     mapped = array.view(_MappedArray)
     mapped._distgap_end = end
     return mapped
+
+
+def _parquet_dim(parquet: Any, embedding: list[str]) -> int | None:
+    """The dimension a Parquet file's metadata implies for its embedding
+    columns, before any row is decoded: their count, a fixed list size, or a
+    list column's values per row in the first row group where they divide
+    evenly. None where it does not tell; a wrong guess only cuts blocks
+    elsewhere (see :meth:`Reader.block_rows`)."""
+    if len(embedding) != 1:
+        return len(embedding) or None
+    kind = parquet.schema_arrow.field(embedding[0]).type
+    if pa.types.is_fixed_size_list(kind):
+        return int(kind.list_size)
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return None
+    meta = parquet.metadata
+    if meta.num_row_groups == 0:
+        return None
+    group = meta.row_group(0)
+    for i in range(group.num_columns):
+        column = group.column(i)
+        if column.path_in_schema.split(".")[0] == embedding[0]:
+            rows, values = group.num_rows, column.num_values
+            return values // rows if rows and values % rows == 0 else None
+    return None
 
 
 def _forget_pages(array: np.ndarray, consumed: int) -> None:
