@@ -262,26 +262,19 @@ def test_batches_that_are_not_one_run_of_a_block_are_copied():
         assert _same_stack(stack, _pack(_copied(group), 8, k))
 
 
-@pytest.mark.parametrize("kind", ["npy", "parquet", "parquet, one row group"])
-def test_blocks_cut_to_whole_stacks_so_that_stacks_are_views(
-    tmp_path, monkeypatch, kind
-):
+def test_npy_blocks_cut_to_whole_stacks_so_that_stacks_are_views(tmp_path, monkeypatch):
     """Batch mode asks the reader for blocks of whole stacks: the stacks of a
     sequential run are then views of a block, not copies, and the figures are
     those of blocks cut anywhere."""
     from distgap_cli import engine, reading, sources
     from distgap_cli.distances import Distance
 
-    from .conftest import write_npy_pair, write_parquet
+    from .conftest import write_npy_pair
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3000, 24)).astype(np.float32)
     y = rng.integers(0, 30, 3000)
-    if kind == "npy":
-        path, _ = write_npy_pair(tmp_path, x, y)
-    else:  # the dimension read off the metadata, before any row
-        groups = 1536 if kind == "parquet" else None
-        path = write_parquet(tmp_path / "e.parquet", x, y, row_group_size=groups)
+    path, _ = write_npy_pair(tmp_path, x, y)
     # Blocks of 1,000 rows of 24 values, where stacks take 8 batches of 48.
     monkeypatch.setattr(reading, "_BLOCK_VALUES", 24_000)
     monkeypatch.setattr(engine, "_ROWS_PER_CALL", 384)

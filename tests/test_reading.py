@@ -1331,19 +1331,3 @@ def test_parquet_asks_for_each_next_row_group_while_reading(tmp_path, monkeypatc
             else column.data_page_offset
         )
     assert asked == firsts
-
-
-def test_parquet_metadata_tells_the_dimension_before_any_row(tmp_path):
-    from distgap_cli.reading import _parquet_dim
-
-    x = np.arange(12, dtype=np.float32).reshape(4, 3)
-    listed = pa.array(x.tolist(), pa.list_(pa.float32()))
-    fixed = pa.array(x.tolist(), pa.list_(pa.float32(), 3))
-    holed = pa.array([[1.0, 2.0, 3.0], None, [1.0, 2.0, 3.0], [4.0, 5.0]])  # 9 values
-    for column, want in ((listed, 3), (fixed, 3), (holed, None)):
-        pq.write_table(
-            pa.table({"emb": column, "label": [0, 1, 0, 1]}), tmp_path / "t.parquet"
-        )
-        assert _parquet_dim(pq.ParquetFile(tmp_path / "t.parquet"), ["emb"]) == want
-    assert _parquet_dim(pq.ParquetFile(tmp_path / "t.parquet"), ["a", "b"]) == 2
-    assert _parquet_dim(pq.ParquetFile(tmp_path / "t.parquet"), ["label"]) is None
