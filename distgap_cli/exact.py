@@ -311,10 +311,11 @@ def _mutual_walk(
         return positions, x, rows.labels[positions], prepared
 
     # Each tile meets every other: gathered and prepared once where the copies
-    # fit _KEPT_BYTES, else again for each pair.
+    # fit _KEPT_BYTES and the rows were not spilled (--memory-limit asked for
+    # less memory), else again for each pair.
     kept = {}
     copies = len(order) * rows.embeddings.shape[1] * 4 * (1 + len(distances))
-    if copies <= _KEPT_BYTES:
+    if rows.spill is None and copies <= _KEPT_BYTES:
         kept = {k: tile(k) for k in range(count)}
 
     def both(i: int, j: int) -> tuple[int, int, np.ndarray, np.ndarray, Any]:
