@@ -261,9 +261,7 @@ def _search_both(
     if excluded is _EVERY:
         return xp.nothing(scores, fill), xp.nothing(xp.swap_last(scores), fill)
     scores = _filled(xp, scores, excluded, fill, own, in_place)
-    index = getattr(xp, pick)(scores)
-    along = index, xp.take_last(scores, index[..., None])[..., 0]
-    return along, xp.pick_columns(scores, pick)
+    return _search(xp, scores, None, fill, pick), xp.pick_columns(scores, pick)
 
 
 def _directions(sign: float) -> tuple[float, float, str, str]:
