@@ -571,7 +571,7 @@ def evaluate(
             else None
         ),
     )
-    _check_batches(result)
+    _check_batches(result, reader.rows_kept)
     return result
 
 
@@ -625,8 +625,9 @@ def _batches(count: int) -> str:
     return "1 batch" if count == 1 else f"{count} batches"
 
 
-def _check_batches(result: EvalResult) -> None:
-    """Fail when no batch had a gap; warn when many were skipped."""
+def _check_batches(result: EvalResult, rows: int) -> None:
+    """Fail when no batch had a gap; warn when many were skipped. ``rows`` is
+    how many valid rows the input held."""
     acc = next(iter(result.accumulators.values()))
     counts = acc.counts
     total = counts["batches"]
@@ -637,11 +638,22 @@ def _check_batches(result: EvalResult) -> None:
             "the input holds a single class, so no row has a negative and there is "
             "no gap; evaluate embeddings of at least two classes"
         )
-    if acc.used_batches == 0 and acc.counts["anchors_with_pos"] == 0:
+    if acc.used_batches == 0 and result.classes == rows:
+        # No sampler and no batch size can make a positive pair here.
+        raise NoResultError(
+            f"each of the {result.classes} classes has a single row, so no row "
+            "has a positive and there is no gap; evaluate at least two rows of a "
+            "class"
+        )
+    if acc.used_batches == 0 and counts["anchors_with_pos"] == 0:
+        hint = (
+            "raise --examples-per-class"
+            if result.settings.sampler == "balanced"
+            else "try --sampler balanced or a larger --batch-size"
+        )
         raise NoResultError(
             f"no batch had two rows of one class ({_batches(total)}, none with a "
-            "positive pair), so there is no gap; try --sampler balanced or a "
-            "larger --batch-size"
+            f"positive pair), so there is no gap; {hint}"
         )
     if acc.used_batches == 0:
         raise NoResultError(

@@ -74,13 +74,14 @@ def test_c2_degenerate_batch_is_skipped_and_counted(cli, tmp_path):
     "labels, batch, says",
     [
         ([0, 0, 1, 1], "2", ["none of the 2 batch(es)", "--shuffle", "--batch-size"]),
-        ([0, 1, 2, 3], "4", ["no batch had two rows of one class", "--batch-size"]),
+        ([0, 1, 2, 3, 0, 1, 2, 3], "4", ["no batch had two rows", "--batch-size"]),
+        ([0, 1, 2, 3], "4", ["each of the 4 classes has a single row"]),
         ([0, 0, 0, 0], "4", ["single class", "at least two classes"]),
     ],
 )
 def test_c2_every_batch_degenerate_is_an_error(cli, tmp_path, labels, batch, says):
-    x = [[0.5, 0], [1, 0], [0, 1], [1, 1]]
-    path = write_parquet(tmp_path / "degenerate.parquet", x, labels)
+    x = [[0.5, 0], [1, 0], [0, 1], [1, 1], [2, 0], [0, 2], [2, 1], [1, 2]]
+    path = write_parquet(tmp_path / "degenerate.parquet", x[: len(labels)], labels)
     out = cli("eval", path, "-b", batch)
     assert out.exit_code == 2
     assert out.stdout == ""
