@@ -11,6 +11,7 @@ import contextlib
 import enum
 import errno
 import io
+import math
 import os
 import stat
 import sys
@@ -21,7 +22,6 @@ from typing import Annotated, Any, Literal, NoReturn, TextIO, cast
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from distgap_cli import __version__, render
 from distgap_cli.backend import parse_device
@@ -116,7 +116,7 @@ def _err_console() -> Console:
 
 def _warn(text: str) -> None:
     """One warning on stderr."""
-    _err_console().print(f"[yellow]warning:[/] {escape(text)}", emoji=False)
+    _err_console().print(f"[yellow]warning:[/] {render.markup(text)}", emoji=False)
 
 
 def _stopped(signal: BaseException | None) -> int:
@@ -135,7 +135,9 @@ def _reporting_errors() -> Iterator[None]:
     try:
         yield
     except DistgapError as exc:
-        _err_console().print(f"[bold red]error:[/] {escape(str(exc))}", emoji=False)
+        _err_console().print(
+            f"[bold red]error:[/] {render.markup(str(exc))}", emoji=False
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         raise typer.Exit(_stopped(exc)) from None
@@ -149,7 +151,7 @@ def _reporting_errors() -> Iterator[None]:
         # A file that cannot be read or written (a full disk, a closed stdout).
         where = f"{exc.filename}: " if exc.filename else "cannot write the report: "
         _err_console().print(
-            f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}",
+            f"[bold red]error:[/] {render.markup(where + (exc.strerror or str(exc)))}",
             emoji=False,
         )
         raise typer.Exit(2) from None
@@ -522,6 +524,12 @@ def eval_command(
                 "--per-file use --format json, jsonl, markdown or table (or "
                 "--per-row FILE)"
             )
+        _require_finite(
+            ("--min-gap", min_gap),
+            ("--min-margin", min_margin),
+            ("--max-violation-rate", max_violation_rate),
+            ("--min-precision-at-1", min_precision_at_1),
+        )
         limit_bytes = _parse_size(memory_limit)
         from distgap_cli import engine, report, sources
         from distgap_cli.reading import Reader
@@ -610,7 +618,7 @@ def eval_command(
                     [src.name for src in reader.sources],
                     reader.label_map,
                 )
-            result.warnings[:0] = notes
+            result.warnings[:0] = [*notes, *reader.warnings]
             if previous is not None:
                 result.warnings.extend(report.comparable(doc, previous))
                 if ungated:
@@ -905,11 +913,19 @@ def _sampling(
     return picked, size
 
 
+def _require_finite(*gates: tuple[str, float | None]) -> None:
+    """Refuse a gate of NaN or infinity: nothing compares with NaN, and an
+    infinite floor or ceiling decides the outcome before any row is read."""
+    for flag, value in gates:
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} takes a finite number, not {value}")
+
+
 def _fail_on(failures: list[str]) -> None:
     """Print failed gates on stderr and exit 1 if there are any."""
     err = _err_console()
     for line in failures:
-        err.print(f"[bold red]{escape(line)}[/]", emoji=False)
+        err.print(f"[bold red]{render.markup(line)}[/]", emoji=False)
     if failures:
         raise typer.Exit(EXIT_GATE_FAILED)
 
@@ -1177,9 +1193,7 @@ def _run() -> int:
         context = getattr(exc, "ctx", None)
         where = getattr(context, "command_path", None) or "distgap"
         text = " ".join(str(message()).split())
-        _err_console().print(
-            f"[bold red]error:[/] {escape(text)} (see '{escape(where)} --help')",
-            emoji=False,
-        )
+        said = render.markup(f"{text} (see '{where} --help')")
+        _err_console().print(f"[bold red]error:[/] {said}", emoji=False)
         return code
     return code if isinstance(code, int) else 0

@@ -19,7 +19,9 @@ class InputError(DistgapError):
     Args:
         problem: what is wrong, in the user's terms.
         file: the input file, or ``"<stdin>"``.
-        row: the global row index (0-based, over all inputs in read order).
+        row: the row's index (0-based) in ``file``.
+        input_row: the row's index over all inputs in read order, where
+            several files are read.
         column: the column or array the problem is in.
         fix: how to fix it.
     """
@@ -30,12 +32,14 @@ class InputError(DistgapError):
         *,
         file: str | None = None,
         row: int | None = None,
+        input_row: int | None = None,
         column: str | None = None,
         fix: str | None = None,
     ) -> None:
         self.problem = problem
         self.file = file
         self.row = row
+        self.input_row = input_row
         self.column = column
         self.fix = fix
         super().__init__(self.message())
@@ -46,7 +50,12 @@ class InputError(DistgapError):
         if self.file is not None:
             where.append(self.file)
         if self.row is not None:
-            where.append(f"row {self.row}")
+            after = self.input_row not in (None, self.row)
+            where.append(
+                f"row {self.row} (row {self.input_row} of all inputs)"
+                if after
+                else f"row {self.row}"
+            )
         if self.column is not None:
             where.append(f"column '{self.column}'")
         text = (": ".join([", ".join(where), self.problem])) if where else self.problem

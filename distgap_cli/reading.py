@@ -167,6 +167,7 @@ def _dtype_name(arrow_type: pa.DataType) -> str:
 
 # Bytes of a Parquet file read at a time (a buffered stream of its pages).
 _PARQUET_BUFFER = 1 << 20
+_STREAM_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow's end-of-stream marker
 
 # How to fix files of different dimensions in one run.
 _OTHER_DIMENSION_HINT = (
@@ -239,9 +240,12 @@ class Reader:
         self.dropped: Counter[str] = Counter()
         self.rows_read = 0
         self.files_read: list[str] = []  # the sources opened, in order
+        self.warnings: list[str] = []  # what the user should know of the input
         self.dim: int | None = None
         self.value_type: str | None = None
+        # The file and the row (within it) that set the dimension.
         self._dim_origin: tuple[str, int] | None = None
+        self._file_start = 0  # the global row of the current file's first row
         self._first_types: tuple[str, str, str] | None = None
         # Rows a consumer takes at once for a dimension (see block_rows).
         self.takes: Callable[[int], int] | None = None
@@ -309,6 +313,7 @@ class Reader:
             if self.options.files_apart:
                 self.dim, self._dim_origin = None, None
             self.files_read.append(source.name)
+            self._file_start = self.rows_read
             if source.kind == src.NPY:
                 labels = None
                 if self.options.labels:
@@ -375,6 +380,13 @@ class Reader:
             else:
                 stream = source.stream or pa.memory_map(source.path)
                 yield from pa.ipc.open_stream(stream)
+                if not _ends_with_marker(source):
+                    self.warnings.append(
+                        f"{name} ended without the Arrow stream's end-of-stream "
+                        "marker: if its writer stopped early, only the rows that "
+                        "came were evaluated (check the writer's exit status, "
+                        "e.g. with set -o pipefail)"
+                    )
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             detail = detail.rstrip(". ")
@@ -616,10 +628,10 @@ class Reader:
         if self.dim is None and ok.any():
             first = _first(ok)
             self.dim = int(lengths[first])
-            self._dim_origin = (source.name, row0 + first)
+            self._dim_origin = (source.name, row0 + first - self._file_start)
         dim = self.dim or 0
         wrong = ok & (lengths != dim)
-        origin = self._dim_origin or (source.name, row0)
+        origin = self._dim_origin or (source.name, row0 - self._file_start)
         where = (
             f"row {origin[1]}"
             if origin[0] == source.name
@@ -684,7 +696,7 @@ class Reader:
         n = batch.num_rows
         if self.dim is None:
             self.dim = len(names)
-            self._dim_origin = (source.name, row0)
+            self._dim_origin = (source.name, row0 - self._file_start)
         elif len(names) != self.dim:
             origin = self._dim_origin[0] if self._dim_origin else "the first file"
             raise InputError(
@@ -1028,7 +1040,7 @@ class Reader:
         self.value_type = self.value_type or embeddings.dtype.name
         if self.dim is None:
             self.dim = int(embeddings.shape[1])
-            self._dim_origin = (name, self.rows_read)
+            self._dim_origin = (name, self.rows_read - self._file_start)
         elif embeddings.shape[1] != self.dim:
             origin = self._dim_origin[0] if self._dim_origin else "the first file"
             raise InputError(
@@ -1111,7 +1123,8 @@ class Reader:
             raise InputError(
                 problem,
                 file=check.file or source.name,
-                row=row0 + i,
+                row=row0 + i - self._file_start,
+                input_row=row0 + i,
                 column=col,
                 fix=fix,
             )
@@ -1124,6 +1137,23 @@ class Reader:
             keep = ~invalid
             values, labels, rows = values[keep], labels[keep], rows[keep]
         return Block(np.ascontiguousarray(values), labels, rows, index)
+
+
+def _ends_with_marker(source: src.Source) -> bool:
+    """Whether the Arrow stream ``source`` ended with the end-of-stream marker
+    that Arrow writers since 0.15 write on closing (a continuation word and a
+    zero length). A writer may also just close the stream, so its absence is
+    no error, but it is also what a writer that died between two record
+    batches leaves."""
+    if source.stream is not None:
+        tail = getattr(getattr(source.stream, "raw", None), "tail", None)
+        if tail is None:
+            return True  # a stream that keeps no tail: nothing to say
+    else:
+        with open(source.path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8))
+            tail = f.read()
+    return tail == _STREAM_END
 
 
 def _read_ahead(fd: int, metadata: Any, group: int) -> None:

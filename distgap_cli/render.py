@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,30 @@ SIMILARITY_NOTE = (
     "TensorFlow Similarity does, its 'hardest' positive and negative are the "
     "easiest pairs."
 )
+
+
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph breaks.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written as escapes (``\\x1b``,
+    ``\\n``), as Python writes them in a string literal.
+
+    Labels and file names are the user's strings and may hold anything: an
+    escape sequence would colour or move the terminal (and put escape bytes in
+    output meant to have none), a line break would split a table row or a
+    one-line error message.
+    """
+    return _CONTROL.sub(
+        lambda m: m.group().encode("unicode_escape").decode("ascii"), text
+    )
+
+
+def markup(text: str) -> str:
+    """``text`` as rich prints it literally: control characters escaped
+    (:func:`visible`) and rich's markup brackets escaped."""
+    return escape(visible(text))
 
 
 def _number(value: Any, digits: int = 6) -> str:
@@ -186,22 +211,22 @@ def table(doc: dict[str, Any], console: Console) -> None:
     grid = Table(box=box.HEAVY_HEAD)
     grid.add_column("statistic", no_wrap=True)
     for entry in results:
-        grid.add_column(escape(entry["distance"]), justify="right", no_wrap=True)
+        grid.add_column(markup(entry["distance"]), justify="right", no_wrap=True)
     rows = _rows(doc)
     for label, read in rows:
         grid.add_row(label, *(read(e) for e in results))
 
-    console.print(escape(_title(doc)), soft_wrap=True)
+    console.print(markup(_title(doc)), soft_wrap=True)
     unbounded = console.options.update_width(1 << 20)
     if Measurement.get(console, unbounded, grid).maximum <= console.width:
         console.print(grid)
     else:
         for entry in results:
-            console.print(f"{escape(entry['distance'])}:", soft_wrap=True)
+            console.print(f"{markup(entry['distance'])}:", soft_wrap=True)
             for label, read in rows:
                 console.print(f"  {label.strip()}: {read(entry)}", soft_wrap=True)
     for line in _caption(doc):
-        console.print(escape(line), soft_wrap=True)
+        console.print(markup(line), soft_wrap=True)
     if "per_file" in doc:
         _breakdown(console, "per file", _per_file_rows(doc))
     for name, classes in doc.get("per_class", {}).items():
@@ -264,23 +289,23 @@ def _breakdown(console: Console, title: str, rows: list[dict[str, str]]) -> None
     for i, name in enumerate(columns):
         grid.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
     for row in rows:
-        grid.add_row(*(escape(row[c]) for c in columns))
+        grid.add_row(*(markup(row[c]) for c in columns))
     console.print()
-    console.print(escape(title), soft_wrap=True)
+    console.print(markup(title), soft_wrap=True)
     unbounded = console.options.update_width(1 << 20)
     if Measurement.get(console, unbounded, grid).maximum <= console.width:
         console.print(grid)
     else:
         for row in rows:
             text = ", ".join(f"{k}: {v}" for k, v in row.items())
-            console.print(escape(text), soft_wrap=True)
+            console.print(markup(text), soft_wrap=True)
 
 
 def markdown(doc: dict[str, Any]) -> str:
     """The report as a GitHub-flavoured Markdown table, for CI job summaries."""
     names = [e["distance"] for e in doc["results"]]
     out = [
-        f"**{_title(doc)}**",
+        f"**{_md_escape(_title(doc))}**",
         "",
         "| statistic | " + " | ".join(names) + " |",
         "| --- | " + " | ".join("---:" for _ in names) + " |",
@@ -304,10 +329,11 @@ def markdown(doc: dict[str, Any]) -> str:
 def _md_escape(text: str) -> str:
     """Escape the characters Markdown would read as markup or table syntax; a
     line break (a string label may hold one) would end the table row, so it
-    becomes ``<br>``."""
+    becomes ``<br>``; other control characters are written as escapes."""
     for char in "\\`*_|[]<>":
         text = text.replace(char, "\\" + char)
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "<br>")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "<br>".join(visible(line) for line in lines)
 
 
 def _md_table(rows: list[dict[str, str]]) -> list[str]:
@@ -400,9 +426,9 @@ def comparison_table(doc: dict[str, Any], console: Console) -> None:
     for i, name in enumerate(columns):
         grid.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
     for c in doc["comparisons"]:
-        grid.add_row(*(escape(cell) for cell in _comparison_cells(c, gated)))
+        grid.add_row(*(markup(cell) for cell in _comparison_cells(c, gated)))
     console.print(
-        escape(f"{doc['baseline']} (baseline) against {doc['current']}"),
+        markup(f"{doc['baseline']} (baseline) against {doc['current']}"),
         soft_wrap=True,
     )
     unbounded = console.options.update_width(1 << 20)
@@ -490,5 +516,5 @@ def inspection_table(doc: dict[str, Any], console: Console) -> None:
     grid.add_column("fact", no_wrap=True)
     grid.add_column("value", overflow="fold")
     for key, value in lines:
-        grid.add_row(escape(key), escape(value))
+        grid.add_row(markup(key), markup(value))
     console.print(grid)

@@ -294,6 +294,7 @@ class _Replay(io.RawIOBase):
         super().__init__()
         self._head = head
         self._rest = rest
+        self.tail = b""  # the last bytes read through, up to 8
 
     def readable(self) -> bool:
         return True
@@ -306,6 +307,8 @@ class _Replay(io.RawIOBase):
             read = getattr(self._rest, "read1", self._rest.read)
             data = read(len(buffer))
         buffer[: len(data)] = data
+        if data:
+            self.tail = (self.tail + bytes(data))[-8:]
         return len(data)
 
 

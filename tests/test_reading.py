@@ -572,10 +572,22 @@ def test_shards_of_different_dimension(cli, tmp_path, emb_type):
     line = rejected(cli, tmp_path)
     assert str(a) in line
     assert str(b) in line
-    assert "row 4" in line
+    # Rows are counted within their file, and over all inputs beside.
+    assert "row 0 (row 4 of all inputs)" in line
     assert "3 values" in line
-    assert "has 2" in line
+    assert f"{a} row 0 has 2" in line
     assert "--per-file" in line  # files of two models can be evaluated apart
+
+
+def test_a_bad_row_of_a_later_file_is_counted_within_it(cli, tmp_path):
+    save(tmp_path / "a.parquet", table(C9_X, C9_Y))
+    bad = [list(row) for row in C9_X]
+    bad[5][1] = float("nan")
+    b = save(tmp_path / "b.parquet", table(bad, C9_Y))
+    line = rejected(cli, tmp_path)
+    assert f"{b}, row 5 (row 13 of all inputs), column 'embedding'" in line
+    alone = rejected(cli, b)
+    assert f"{b}, row 5, column 'embedding'" in alone
 
 
 def test_npy_files_of_different_dimension(cli, tmp_path):

@@ -374,6 +374,34 @@ def test_a_line_break_in_a_label_keeps_the_markdown_table_whole(cli, tmp_path):
     assert "new<br>line" in rows[0] and "plain\\|pipe" in md
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_control_characters_in_labels_are_shown_as_escapes(cli, tmp_path, fmt):
+    # A label's escape sequence would colour or move the terminal, and a
+    # NO_COLOR report must hold no escape bytes.
+    labels = ["a\x1b[31mred", "a\x1b[31mred", "tab\tdel\x7f", "tab\tdel\x7f"]
+    path = write_parquet(tmp_path / "h.parquet", HARDNEG_X, labels)
+    out = cli("eval", path, "-d", "l2", "--per-class", "-f", fmt)
+    assert out.exit_code == 0
+    assert not any(c in out.stdout for c in "\x1b\t\x7f")
+    assert "a\\x1b" in out.stdout and "tab\\tdel\\x7f" in out.stdout
+
+
+def test_a_line_break_in_a_file_name_keeps_the_error_on_one_line(cli, tmp_path):
+    path = tmp_path / "two\nlines.parquet"
+    path.write_bytes(b"not parquet")
+    out = cli("eval", path)
+    assert out.exit_code == 2
+    assert out.stderr.count("\n") == 1 and "two\\nlines.parquet" in out.stderr
+
+
+@pytest.mark.parametrize("gate", ["--min-gap", "--min-margin"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_gates_take_finite_numbers_only(cli, hardneg, gate, value):
+    out = cli("eval", hardneg, "-d", "l2", gate, value)
+    assert out.exit_code == 2 and out.stdout == ""
+    assert f"{gate} takes a finite number" in out.stderr
+
+
 def test_csv_says_it_leaves_the_baseline_comparisons_out(cli, hardneg, tmp_path):
     base = tmp_path / "base.json"
     base.write_text(cli("eval", hardneg, "-d", "l2", "-f", "json").stdout)
@@ -420,3 +448,31 @@ def test_more_anchors_than_rows_is_no_sample(cli, hardneg):
     doc = json.loads(out.stdout)
     assert doc["settings"]["anchors"] is None and doc["results"][0]["anchors"] == 4
     assert "--anchors 100 is not fewer than the 4 rows" in out.stderr
+
+
+@pytest.mark.parametrize("through", ["file", "stdin"])
+@pytest.mark.parametrize("ended", [True, False])
+def test_a_stream_cut_between_batches_is_evaluated_with_a_warning(
+    cli, tmp_path, through, ended
+):
+    # A writer that dies between two record batches leaves a readable stream
+    # without Arrow's end-of-stream marker: its rows are evaluated, and the
+    # user is told the stream may have been cut short.
+    x = pa.array(HARDNEG_X.tolist(), pa.list_(pa.float32()))
+    batch = pa.record_batch([x, pa.array(HARDNEG_Y)], names=["embedding", "label"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+    assert data.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    if not ended:
+        data = data[:-8]
+    if through == "file":
+        path = tmp_path / "x.arrows"
+        path.write_bytes(data)
+        out = cli("eval", path, "-d", "l2", "-f", "json")
+    else:
+        out = cli("eval", "-", "-d", "l2", "-f", "json", input=data)
+    assert out.exit_code == 0
+    assert json.loads(out.stdout)["results"][0]["gap"]["mean"] == pytest.approx(5.0)
+    assert ("end-of-stream marker" in out.stderr) is not ended
