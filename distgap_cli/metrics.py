@@ -13,6 +13,10 @@ things differ on purpose:
   of contributing TensorFlow Similarity's fallback "row minimum" value.
 
 Rows whose ``sample_weight`` is 0 take part neither as anchors nor as candidates.
+Labels are compared by value, as TensorFlow Similarity compares them (float
+labels too). Under a distribution strategy each replica's share of a batch is a
+batch of its own: the reductions run over those shares, the same on every
+replica.
 A batch holding a NaN or infinite value, an all-zero row (cosine) or a row with
 zero variance (snr) gets the value NaN, which then shows in the logs: a training
 metric cannot stop the run to name the row, the command line does.
@@ -99,6 +103,41 @@ def batch_value(distance: Distance, statistic: tuple[str, ...]) -> Any:
     return _COMPILED[key]
 
 
+def _class_ids(labels: Any) -> Any:
+    """``[B]`` labels as int64 ids, equal where the labels are equal. Float
+    labels keep their value (0.1 and 0.9 are two classes, as TensorFlow
+    Similarity's comparison has them): their bits are the ids, after adding
+    zero makes -0.0 the same as 0.0."""
+    if not labels.dtype.is_floating:
+        return tf.cast(labels, tf.int64)
+    bits = {2: tf.int16, 4: tf.int32, 8: tf.int64}[labels.dtype.size]
+    return tf.cast(tf.bitcast(labels + tf.zeros_like(labels), bits), tf.int64)
+
+
+def _across_replicas(value: Any, valid: Any) -> tuple[Any, Any, Any, Any]:
+    """This step's last, lowest and highest value and whether it had one, the
+    same on every replica: under a distribution strategy each replica holds
+    one share of the batch, and a replica-local minimum (or maximum) summed
+    across replicas, as Keras reads metric variables, would be neither. The
+    last value of a step is the mean of its shares' values."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value, value, value, valid
+    values = context.all_gather(tf.reshape(value, [1]), axis=0)
+    flags = context.all_gather(tf.reshape(tf.cast(valid, tf.float32), [1]), axis=0)
+    taken = flags > 0
+    # A NaN share (a poisoned batch) must show, not lose to the others.
+    poisoned = tf.reduce_any(taken & tf.math.is_nan(values))
+    inf = tf.constant(float("inf"))
+    count = tf.reduce_sum(flags)
+    last = tf.reduce_sum(tf.where(taken, values, 0.0)) / tf.maximum(count, 1.0)
+    low = tf.reduce_min(tf.where(taken, values, inf))
+    high = tf.reduce_max(tf.where(taken, values, -inf))
+    nan = tf.constant(float("nan"))
+    last, low, high = (tf.where(poisoned, nan, v) for v in (last, low, high))
+    return last, low, high, count > 0
+
+
 class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,misc]
     """A per-batch statistic reduced over the batches since ``reset_state()``."""
 
@@ -109,10 +148,16 @@ class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,mi
         super().__init__(name=name, **kwargs)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+        # Each replica keeps the same last, lowest and highest value (see
+        # update_state): read the first replica's rather than their sum.
         nan = keras.initializers.Constant(float("nan"))
-        self.last = self.add_variable(shape=(), initializer=nan, name="last")
-        self.low = self.add_variable(shape=(), initializer=nan, name="low")
-        self.high = self.add_variable(shape=(), initializer=nan, name="high")
+        kept = {"shape": (), "initializer": nan, "aggregation": "only_first_replica"}
+        self.last = self.add_variable(name="last", **kept)
+        self.low = self.add_variable(name="low", **kept)
+        self.high = self.add_variable(name="high", **kept)
+        self.seen = self.add_variable(
+            shape=(), initializer="zeros", name="seen", aggregation="only_first_replica"
+        )
 
     def _statistic(self) -> tuple[str, ...]:
         raise NotImplementedError
@@ -138,7 +183,7 @@ class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,mi
                 "Argument `embeddings` must have shape (B, d); received shape "
                 f"{tuple(x.shape)}"
             )
-        labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+        labels = _class_ids(tf.reshape(labels, [-1]))
         if sample_weight is None:
             mask = tf.ones_like(labels, dtype=tf.bool)
         else:
@@ -147,21 +192,25 @@ class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,mi
                 weights = tf.not_equal(weights, tf.zeros_like(weights))
             mask = weights & tf.ones_like(labels, dtype=tf.bool)
         fn = batch_value(self.distance, self._statistic())
-        value, valid = fn(labels[None], x[None], mask[None])
-        value, valid = value[0], valid[0]
-
-        first = tf.equal(self.count, 0.0)
+        # An empty batch (a replica's share of a short last batch) has no value.
+        value, valid = tf.cond(
+            tf.size(labels) > 0,
+            lambda: tuple(t[0] for t in fn(labels[None], x[None], mask[None])),
+            lambda: (tf.constant(float("nan")), tf.constant(False)),
+        )
         self.total.assign(self.total + tf.where(valid, value, 0.0))
         self.count.assign(self.count + tf.cast(valid, tf.float32))
-        self.last.assign(tf.where(valid, value, self.last))
+
+        last, low, high, valid = _across_replicas(value, valid)
+        first = tf.equal(self.seen, 0.0)
+        self.seen.assign(tf.where(valid, 1.0, self.seen))
+        self.last.assign(tf.where(valid, last, self.last))
         self.low.assign(
-            tf.where(
-                valid, tf.where(first, value, tf.minimum(self.low, value)), self.low
-            )
+            tf.where(valid, tf.where(first, low, tf.minimum(self.low, low)), self.low)
         )
         self.high.assign(
             tf.where(
-                valid, tf.where(first, value, tf.maximum(self.high, value)), self.high
+                valid, tf.where(first, high, tf.maximum(self.high, high)), self.high
             )
         )
 
@@ -181,6 +230,7 @@ class _BatchReducedMetric(keras.metrics.Metric):  # type: ignore[name-defined,mi
         """Forget every batch."""
         self.total.assign(0.0)
         self.count.assign(0.0)
+        self.seen.assign(0.0)
         for variable in (self.last, self.low, self.high):
             variable.assign(float("nan"))
 

@@ -69,6 +69,27 @@ def test_label_shapes_and_dtypes(shape, dtype):
     assert value(metric) == pytest.approx(5.0)
 
 
+def test_float_labels_are_compared_by_value():
+    # As TensorFlow Similarity compares labels: 0.1 and 0.9 are two classes
+    # (cast to integers they were one, and the batch had no negative pair).
+    as_floats = DistanceGapMetric("euclidean")
+    as_floats.update_state(np.array([0.1, 0.1, 0.9, 0.9], np.float32), HARDNEG_X)
+    assert value(as_floats) == pytest.approx(5.0)
+    signed_zero = DistanceGapMetric("euclidean")
+    signed_zero.update_state(np.array([0.0, -0.0, 2.5, 2.5]), HARDNEG_X)
+    assert value(signed_zero) == pytest.approx(5.0)
+
+
+def test_an_empty_batch_changes_nothing():
+    metric = DistanceGapMetric("cosine", reduction="max")
+    metric.update_state(np.zeros(0, int), np.zeros((0, 2), np.float32))
+    assert math.isnan(value(metric))
+    metric.update_state(HARDNEG_Y, HARDNEG_X + 1)
+    before = value(metric)
+    metric.update_state(np.zeros(0, int), np.zeros((0, 2), np.float32))
+    assert value(metric) == before
+
+
 def test_labels_must_be_one_per_row():
     with pytest.raises(ValueError, match="one label per row"):
         DistanceGapMetric("euclidean").update_state(np.zeros((4, 2), int), HARDNEG_X)
@@ -213,3 +234,59 @@ def test_compile_fit_and_evaluate():
     check = DistanceGapMetric("cosine")
     check.update_state(y, model.predict(x, verbose=0))
     assert scores["dist_gap"] == pytest.approx(value(check), rel=1e-5)
+
+
+# Two replicas on the CPU need TensorFlow configured before it starts: a process
+# of its own. Each replica evaluates its half of every batch.
+_TWO_REPLICAS = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+two = [tf.config.LogicalDeviceConfiguration()] * 2
+tf.config.set_logical_device_configuration(cpu, two)
+import keras
+from distgap_cli import DistanceGapMetric
+rng = np.random.default_rng(0)
+x = rng.normal(size=(400, 8)).astype("float32")
+y = rng.integers(0, 5, 400)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    model.compile(
+        loss=lambda t, p: keras.ops.mean(p) * 0.0,
+        metrics=[DistanceGapMetric("l2", name=r, reduction=r) for r in sys.argv[1:]],
+    )
+scores = model.evaluate(x, y, batch_size=100, verbose=0, return_dict=True)
+print(json.dumps({"scores": scores, "embeddings": model.predict(x, verbose=0).tolist(),
+                  "labels": y.tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_reductions_across_two_replicas():
+    import json
+    import subprocess
+    import sys
+
+    from .reference import batch_gaps
+
+    reductions = ["mean", "last", "min", "max"]
+    out = subprocess.run(
+        [sys.executable, "-c", _TWO_REPLICAS, *reductions],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    x, y = np.array(got["embeddings"]), np.array(got["labels"])
+    halves = batch_gaps("euclidean", y, x, 50)  # each replica's half of a batch
+    expected = {
+        "mean": np.mean(halves),
+        "last": np.mean(halves[-2:]),  # the two halves of the last batch
+        "min": min(halves),
+        "max": max(halves),
+    }
+    for reduction in reductions:
+        assert got["scores"][reduction] == pytest.approx(expected[reduction], rel=1e-5)
