@@ -106,12 +106,15 @@ def batch_value(distance: Distance, statistic: tuple[str, ...]) -> Any:
 def _class_ids(labels: Any) -> Any:
     """``[B]`` labels as int64 ids, equal where the labels are equal. Float
     labels keep their value (0.1 and 0.9 are two classes, as TensorFlow
-    Similarity's comparison has them): their bits are the ids, after adding
-    zero makes -0.0 the same as 0.0."""
+    Similarity's comparison has them): their bits are the ids, once -0.0 is
+    made 0.0 (an explicit choice: TensorFlow's graph optimiser drops an
+    added zero). NaN labels, all one bit pattern, make one class."""
     if not labels.dtype.is_floating:
         return tf.cast(labels, tf.int64)
+    zero = tf.zeros_like(labels)
+    labels = tf.where(tf.equal(labels, zero), zero, labels)
     bits = {2: tf.int16, 4: tf.int32, 8: tf.int64}[labels.dtype.size]
-    return tf.cast(tf.bitcast(labels + tf.zeros_like(labels), bits), tf.int64)
+    return tf.cast(tf.bitcast(labels, bits), tf.int64)
 
 
 def _across_replicas(value: Any, valid: Any) -> tuple[Any, Any, Any, Any]:
