@@ -26,7 +26,7 @@ from rich.console import Console
 from distgap_cli import __version__, render
 from distgap_cli.backend import parse_device
 from distgap_cli.distances import Distance, parse_selection
-from distgap_cli.errors import DistgapError, Terminated, UsageError
+from distgap_cli.errors import DistgapError, NoResultError, Terminated, UsageError
 
 app = typer.Typer(
     name="distgap",
@@ -583,7 +583,7 @@ def eval_command(
                         device=device,
                         per_file=per_file,
                     )
-                    with _progress(err, quiet, reader) as advance:
+                    with _progress(err, quiet, reader) as advance, _noting(reader):
                         result = exact_mode.evaluate_exact(
                             reader, exact_settings, advance
                         )
@@ -602,7 +602,7 @@ def eval_command(
                         per_anchor=wants_anchors,
                     )
                     stream = _batch_streamer(out) if per_batch else None
-                    with _progress(err, quiet, reader) as advance:
+                    with _progress(err, quiet, reader) as advance, _noting(reader):
                         result = engine.evaluate(reader, settings, advance, stream)
                     doc = report.build(result, reader, gates)
             finally:
@@ -746,7 +746,7 @@ def _parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         value = -1
-    if value < 0:
+    if not 0 <= value < math.inf:  # NaN and infinity too
         raise UsageError(f"--memory-limit {text!r}: expected a size such as 512M or 2G")
     return int(value * factor)
 
@@ -863,6 +863,8 @@ def inspect_command(
             for note in [] if quiet else reader.ignored_options():
                 _warn(note)
             doc = inspection.inspect_input(reader, batch_size, chosen)
+            for warning in [] if quiet else reader.warnings:
+                _warn(warning)
         finally:
             sources.release(found)
         with _opened(output) as out:
@@ -919,6 +921,18 @@ def _require_finite(*gates: tuple[str, float | None]) -> None:
     for flag, value in gates:
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{flag} takes a finite number, not {value}")
+
+
+@contextlib.contextmanager
+def _noting(reader: Any) -> Iterator[None]:
+    """Add what the reader noticed about the input to an error that there is
+    no result: a stream cut short can be why no batch had a gap."""
+    try:
+        yield
+    except NoResultError as exc:
+        if not reader.warnings:
+            raise
+        raise NoResultError(f"{exc} (note: {'; '.join(reader.warnings)})") from None
 
 
 def _fail_on(failures: list[str]) -> None:

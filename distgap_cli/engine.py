@@ -625,6 +625,15 @@ def _batches(count: int) -> str:
     return "1 batch" if count == 1 else f"{count} batches"
 
 
+# A balanced sampler draws at least two rows of every class that has them
+# (--examples-per-class is at least 2): a batch of it without positives drew
+# classes of one row, which no other setting gives a positive.
+_SINGLE_ROW_CLASSES = (
+    "the classes drawn had a single row; leave out classes of one row, or raise "
+    "--classes-per-batch"
+)
+
+
 def _check_batches(result: EvalResult, rows: int) -> None:
     """Fail when no batch had a gap; warn when many were skipped. ``rows`` is
     how many valid rows the input held."""
@@ -647,7 +656,7 @@ def _check_batches(result: EvalResult, rows: int) -> None:
         )
     if acc.used_batches == 0 and counts["anchors_with_pos"] == 0:
         hint = (
-            "raise --examples-per-class"
+            _SINGLE_ROW_CLASSES
             if result.settings.sampler == "balanced"
             else "try --sampler balanced or a larger --batch-size"
         )
@@ -664,12 +673,8 @@ def _check_batches(result: EvalResult, rows: int) -> None:
         )
     health = result.health
     sampler = result.settings.sampler
-    # A balanced sampler already draws classes of several rows: what is left to
-    # change is how many, or which classes take part.
     more_rows = (
-        "raise --examples-per-class, or leave out classes of one row"
-        if sampler == "balanced"
-        else "try --sampler balanced"
+        _SINGLE_ROW_CLASSES if sampler == "balanced" else "try --sampler balanced"
     )
     if health["mean_rows_per_class"] < 2 or health["anchors_with_positive"] < 0.5:
         result.warnings.append(

@@ -380,12 +380,12 @@ class Reader:
             else:
                 stream = source.stream or pa.memory_map(source.path)
                 yield from pa.ipc.open_stream(stream)
-                if not _ends_with_marker(source):
+                if not _ended_with_marker(stream):
                     self.warnings.append(
                         f"{name} ended without the Arrow stream's end-of-stream "
-                        "marker: if its writer stopped early, only the rows that "
-                        "came were evaluated (check the writer's exit status, "
-                        "e.g. with set -o pipefail)"
+                        "marker: if its writer stopped early, rows are missing "
+                        "(check the writer's exit status, e.g. with set -o "
+                        "pipefail)"
                     )
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -1139,21 +1139,21 @@ class Reader:
         return Block(np.ascontiguousarray(values), labels, rows, index)
 
 
-def _ends_with_marker(source: src.Source) -> bool:
-    """Whether the Arrow stream ``source`` ended with the end-of-stream marker
-    that Arrow writers since 0.15 write on closing (a continuation word and a
-    zero length). A writer may also just close the stream, so its absence is
-    no error, but it is also what a writer that died between two record
-    batches leaves."""
-    if source.stream is not None:
-        tail = getattr(getattr(source.stream, "raw", None), "tail", None)
-        if tail is None:
-            return True  # a stream that keeps no tail: nothing to say
-    else:
-        with open(source.path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 8))
-            tail = f.read()
-    return tail == _STREAM_END
+def _ended_with_marker(stream: Any) -> bool:
+    """Whether the Arrow stream read from ``stream`` ended with the
+    end-of-stream marker that Arrow writers since 0.15 write on closing (a
+    continuation word and a zero length): whether the last 8 bytes its reader
+    took are that marker. A writer may also just close the stream, so its
+    absence is no error, but it is also what a writer that died between two
+    record batches leaves. Bytes after the marker are never read."""
+    if isinstance(stream, pa.MemoryMappedFile):
+        end = stream.tell()
+        if end < len(_STREAM_END):
+            return False
+        stream.seek(end - len(_STREAM_END))
+        return bool(stream.read(len(_STREAM_END)) == _STREAM_END)
+    tail = getattr(stream, "tail", None)
+    return tail is None or tail == _STREAM_END
 
 
 def _read_ahead(fd: int, metadata: Any, group: int) -> None:

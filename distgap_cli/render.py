@@ -437,7 +437,8 @@ def comparison_table(doc: dict[str, Any], console: Console) -> None:
     else:
         for c in doc["comparisons"]:
             pairs = zip(columns, _comparison_cells(c, gated), strict=True)
-            console.print(", ".join(f"{k}: {v}" for k, v in pairs), soft_wrap=True)
+            text = ", ".join(f"{k}: {v}" for k, v in pairs)
+            console.print(markup(text), soft_wrap=True)
 
 
 def comparison_text(doc: dict[str, Any], fmt: str) -> str:
@@ -469,7 +470,7 @@ def comparison_text(doc: dict[str, Any], fmt: str) -> str:
         + " | ".join("---" if i < 2 else "---:" for i in range(len(columns)))
         + " |",
     ]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["| " + " | ".join(_md_escape(cell) for cell in r) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
 

@@ -294,7 +294,6 @@ class _Replay(io.RawIOBase):
         super().__init__()
         self._head = head
         self._rest = rest
-        self.tail = b""  # the last bytes read through, up to 8
 
     def readable(self) -> bool:
         return True
@@ -307,9 +306,34 @@ class _Replay(io.RawIOBase):
             read = getattr(self._rest, "read1", self._rest.read)
             data = read(len(buffer))
         buffer[: len(data)] = data
-        if data:
-            self.tail = (self.tail + bytes(data))[-8:]
         return len(data)
+
+
+class _Watched(io.BufferedReader):
+    """A buffered stream that remembers the last bytes it handed out
+    (``tail``, up to 8): where its reader stopped, whatever the buffer read
+    ahead of it."""
+
+    tail = b""
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self.tail = (self.tail + data[-8:])[-8:]
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._keep(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        data = super().read1(size)
+        self._keep(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self._keep(bytes(memoryview(buffer).cast("B")[:count][-8:]))
+        return count
 
 
 def _read_head_of(stream: BinaryIO) -> bytes:
@@ -337,7 +361,7 @@ def _stdin_source() -> Source:
         )
     kind = _check_kind(STDIN, head)
     if kind == ARROW_STREAM:
-        replay = io.BufferedReader(_Replay(head, stream), 1 << 20)
+        replay = _Watched(_Replay(head, stream), 1 << 20)
         return Source(STDIN, STDIN, kind, stream=replay)
     with tempfile.NamedTemporaryFile(prefix="distgap-stdin-", delete=False) as spool:
         try:

@@ -164,6 +164,8 @@ def test_precision_gate_and_exact_usage_errors(cli, blobs):
         (["--min-precision-at-1", "0.5"], "needs --mode exact"),
         (["--top", "3"], "--top needs --per-class"),
         (["--mode", "exact", "--memory-limit", "lots"], "expected a size"),
+        (["--mode", "exact", "--memory-limit", "nan"], "expected a size"),
+        (["--mode", "exact", "--memory-limit", "infG"], "expected a size"),
     ]:
         out = cli("eval", path, *args)
         assert out.exit_code == 2 and message in out.stderr, args

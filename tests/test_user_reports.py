@@ -359,7 +359,9 @@ def test_a_balanced_run_is_not_told_to_use_the_balanced_sampler(cli, tmp_path):
     out = cli("eval", path, *balanced, "--examples-per-class", "4", "-f", "json")
     assert out.exit_code == 0
     said = " ".join(out.stderr.split())
-    assert "raise --examples-per-class, or leave out classes of one row" in said
+    assert "leave out classes of one row, or raise --classes-per-batch" in said
+    # --examples-per-class is at least 2 already: raising it cannot help.
+    assert "raise --examples-per-class" not in said
     assert "try --sampler balanced" not in said
     plain = cli("eval", path, "-b", "32", "-f", "json")
     assert "try --shuffle" in plain.stderr
@@ -450,29 +452,67 @@ def test_more_anchors_than_rows_is_no_sample(cli, hardneg):
     assert "--anchors 100 is not fewer than the 4 rows" in out.stderr
 
 
-@pytest.mark.parametrize("through", ["file", "stdin"])
-@pytest.mark.parametrize("ended", [True, False])
-def test_a_stream_cut_between_batches_is_evaluated_with_a_warning(
-    cli, tmp_path, through, ended
-):
-    # A writer that dies between two record batches leaves a readable stream
-    # without Arrow's end-of-stream marker: its rows are evaluated, and the
-    # user is told the stream may have been cut short.
-    x = pa.array(HARDNEG_X.tolist(), pa.list_(pa.float32()))
-    batch = pa.record_batch([x, pa.array(HARDNEG_Y)], names=["embedding", "label"])
+def _stream(x, y) -> bytes:
+    """An Arrow IPC stream of one record batch, with its end-of-stream marker."""
+    column = pa.array(np.asarray(x).tolist(), pa.list_(pa.float32()))
+    batch = pa.record_batch([column, pa.array(y)], names=["embedding", "label"])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     data = sink.getvalue().to_pybytes()
     assert data.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
-    if not ended:
-        data = data[:-8]
+    return data
+
+
+def _eval_stream(cli, tmp_path, data, through, *args):
     if through == "file":
         path = tmp_path / "x.arrows"
         path.write_bytes(data)
-        out = cli("eval", path, "-d", "l2", "-f", "json")
-    else:
-        out = cli("eval", "-", "-d", "l2", "-f", "json", input=data)
+        return cli("eval", path, *args)
+    return cli("eval", "-", *args, input=data)
+
+
+@pytest.mark.parametrize("through", ["file", "stdin"])
+@pytest.mark.parametrize("end", ["marker", "cut", "marker and more"])
+def test_a_stream_cut_between_batches_is_evaluated_with_a_warning(
+    cli, tmp_path, through, end
+):
+    # A writer that dies between two record batches leaves a readable stream
+    # without Arrow's end-of-stream marker: its rows are evaluated, and the
+    # user is told the stream may have been cut short. Bytes after the marker
+    # are not read, and say nothing.
+    data = _stream(HARDNEG_X, HARDNEG_Y)
+    data = {"marker": data, "cut": data[:-8], "marker and more": data + bytes(8)}
+    out = _eval_stream(cli, tmp_path, data[end], through, "-d", "l2", "-f", "json")
     assert out.exit_code == 0
     assert json.loads(out.stdout)["results"][0]["gap"]["mean"] == pytest.approx(5.0)
-    assert ("end-of-stream marker" in out.stderr) is not ended
+    assert ("end-of-stream marker" in out.stderr) is (end == "cut")
+
+
+@pytest.mark.parametrize("through", ["file", "stdin"])
+def test_a_cut_stream_is_named_when_it_leaves_no_gap(cli, tmp_path, through):
+    # The first batch of one class came, the writer died before the next.
+    data = _stream(HARDNEG_X[:2], HARDNEG_Y[:2])[:-8]
+    out = _eval_stream(cli, tmp_path, data, through, "-d", "l2", "-q")
+    assert out.exit_code == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "single class" in lines[0]
+    assert "(note: " in lines[0] and "end-of-stream marker" in lines[0]
+    if through == "file":
+        inspected = cli("inspect", tmp_path / "x.arrows")
+        assert "end-of-stream marker" in inspected.stderr
+
+
+def test_names_in_a_compared_report_cannot_break_its_output(cli, hardneg, tmp_path):
+    report = json.loads(cli("eval", hardneg, "-d", "l2", "-f", "json").stdout)
+    report["results"][0]["distance"] = "eu\x1bclid|ean [bold]B[/bold]"
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps(report))
+    markdown = cli("compare", saved, saved, "-f", "markdown").stdout
+    assert "\x1b" not in markdown
+    assert "| eu\\x1bclid\\|ean \\[bold\\]B\\[/bold\\] | gap |" in markdown
+    # A name too wide for the table: one "statistic: value" line per figure.
+    report["results"][0]["distance"] += " x" * 60
+    saved.write_text(json.dumps(report))
+    lines = cli("compare", saved, saved).stdout
+    assert "\x1b" not in lines and "distance: eu\\x1bclid|ean [bold]B[/bold]" in lines
