@@ -1145,15 +1145,15 @@ def _ended_with_marker(stream: Any) -> bool:
     continuation word and a zero length): whether the last 8 bytes its reader
     took are that marker. A writer may also just close the stream, so its
     absence is no error, but it is also what a writer that died between two
-    record batches leaves. Bytes after the marker are never read."""
+    record batches leaves. Bytes after the marker are never read.
+
+    ``stream`` is a mapped file, read back from where its reader stopped (past
+    a schema at least), or standard input (``sources._Watched``), which keeps
+    the bytes it handed out last."""
     if isinstance(stream, pa.MemoryMappedFile):
-        end = stream.tell()
-        if end < len(_STREAM_END):
-            return False
-        stream.seek(end - len(_STREAM_END))
+        stream.seek(stream.tell() - len(_STREAM_END))
         return bool(stream.read(len(_STREAM_END)) == _STREAM_END)
-    tail = getattr(stream, "tail", None)
-    return tail is None or tail == _STREAM_END
+    return bool(stream.tail == _STREAM_END)
 
 
 def _read_ahead(fd: int, metadata: Any, group: int) -> None:

@@ -312,28 +312,15 @@ class _Replay(io.RawIOBase):
 class _Watched(io.BufferedReader):
     """A buffered stream that remembers the last bytes it handed out
     (``tail``, up to 8): where its reader stopped, whatever the buffer read
-    ahead of it."""
+    ahead of it. pyarrow reads a Python stream through ``read`` alone."""
 
     tail = b""
 
-    def _keep(self, data: bytes) -> None:
-        if data:
-            self.tail = (self.tail + data[-8:])[-8:]
-
     def read(self, size: int | None = -1) -> bytes:
         data = super().read(size)
-        self._keep(data)
+        if data:
+            self.tail = (self.tail + data[-8:])[-8:]
         return data
-
-    def read1(self, size: int = -1) -> bytes:
-        data = super().read1(size)
-        self._keep(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        count = super().readinto(buffer)
-        self._keep(bytes(memoryview(buffer).cast("B")[:count][-8:]))
-        return count
 
 
 def _read_head_of(stream: BinaryIO) -> bytes:
